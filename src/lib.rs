@@ -1,0 +1,15 @@
+//! llmux: an LLM gateway sidecar on Pingora.
+//!
+//! One request's path: [`proxy`] (Pingora glue) parses the body once into
+//! [`types::ChatRequest`], [`routing`] plans the targets from an immutable snapshot, the
+//! attempt loop calls each target through its [`providers`] adapter, and the answer is
+//! translated back to OpenAI's shapes.
+
+pub mod config;
+pub mod dns;
+pub mod mock;
+pub mod providers;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod types;

@@ -1,0 +1,149 @@
+//! The `llmux` command line (spec.md §2).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "llmux",
+    version,
+    about = "An LLM gateway sidecar: one OpenAI-compatible endpoint over many providers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file (default: $LLMUX_CONFIG, else conf/llmux.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Client listener address, overriding `server.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Validate a config file; print every error with file:line:column.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a fake provider speaking the real OpenAI, Anthropic and Gemini wire formats.
+    Mock {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: String,
+        /// openai | anthropic | gemini | all
+        #[arg(long, default_value = "all")]
+        flavor: String,
+        /// Fraction of chat requests answered with a provider error (429 or 5xx).
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Delay before each response header.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Delay between stream events.
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+    },
+    /// Print the JSON Schema of the config file.
+    Schema,
+}
+
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os("LLMUX_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("conf/llmux.yaml"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Serve { config, listen } => {
+            match llmux::server::serve(&config_path(config), listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("llmux: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => {
+            let path = config_path(config);
+            match llmux::config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| llmux::server::check_table(&cfg))
+            {
+                Ok(()) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Mock {
+            listen,
+            flavor,
+            fail_rate,
+            latency_ms,
+            chunk_delay_ms,
+        } => {
+            let flavor = match flavor.parse::<llmux::mock::Flavor>() {
+                Ok(f) => f,
+                Err(_) => {
+                    eprintln!(
+                        "llmux mock: unknown --flavor `{flavor}` (openai|anthropic|gemini|all)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            if !(0.0..=1.0).contains(&fail_rate) {
+                eprintln!("llmux mock: --fail-rate must be between 0 and 1");
+                return ExitCode::FAILURE;
+            }
+            let opts = llmux::mock::MockOptions {
+                flavor,
+                fail_rate,
+                latency_ms,
+                chunk_delay_ms,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("llmux mock: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&listen).await?;
+                log::info!(
+                    "llmux mock ({flavor:?}) listening on http://{}",
+                    listener.local_addr()?
+                );
+                llmux::mock::serve(listener, opts, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("llmux mock: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Schema => {
+            println!("{:#}", llmux::config::json_schema());
+            ExitCode::SUCCESS
+        }
+    }
+}

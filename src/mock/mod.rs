@@ -1,0 +1,422 @@
+//! `llmux mock`: a fake LLM provider server speaking the real OpenAI, Anthropic and Gemini
+//! wire formats, so the gateway can be tested and benchmarked without real upstreams.
+//!
+//! The mock is a *peer* of the gateway: it uses no llmux type, only HTTP/1.1 and the providers'
+//! JSON/SSE shapes (modelled on the recordings in `shared/corpus`).
+//!
+//! # Endpoints
+//! * OpenAI: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/models/{id}`
+//!   (auth: `Authorization: Bearer <non-empty>`).
+//! * Anthropic: `POST /v1/messages`, `GET /v1/models` (auth: `x-api-key`; `anthropic-version`
+//!   required; `max_tokens` required; a `system` role inside `messages` is rejected).
+//! * Gemini: `POST /v1beta/models/{m}:generateContent`, `POST …:streamGenerateContent?alt=sse`
+//!   (without `alt=sse`: one JSON array), `GET /v1beta/models[/{m}]` (key: `x-goog-api-key` or
+//!   `?key=`; absent → 403 `PERMISSION_DENIED`, empty → 400 `API_KEY_INVALID`).
+//! * `Flavor::All` serves all of them; `GET /v1/models` then answers in Anthropic shape when the
+//!   request carries `x-api-key` or `anthropic-version`, else in OpenAI shape.
+//! * `GET /_mock/requests` → `{"requests":[{method,path,model,body_bytes,stream,headers}]}` (last
+//!   256, newest last; credentials shown as `"present"`, also `?key=`); `POST /_mock/reset`
+//!   clears that log and the prompt-cache memory.
+//! * Anything else → 404 in the provider's error shape.
+//!
+//! # Deterministic behaviour
+//! * Text reply: `mock reply to: <first 60 chars of the last user message> [len=<chars>
+//!   fnv=<FNV-1a 64 hex of its UTF-8>]`; a message's text is the concatenation of its text parts.
+//! * Tools (OpenAI `tools`, Anthropic `tools`, Gemini `functionDeclarations`), when the last
+//!   message is not a tool result and tool choice is not none: a forced tool is called once;
+//!   otherwise, if parallel calls are allowed (OpenAI `parallel_tool_calls` not false, Anthropic
+//!   `disable_parallel_tool_use` not true, Gemini always) two calls (first two tools, or the only
+//!   tool twice), else one. Call `i` gets arguments generated from the schema: string →
+//!   `enum[i % len]` or `"<prop>-<i+1>"`, integer → `i+1`, number → `i+1.5`, boolean → true,
+//!   array → `[]`, object → recurse over `required` (all properties if none listed).
+//! * Last message a tool result → `tool results received: <n>`.
+//! * Structured output (OpenAI `response_format`, Anthropic `output_config.format`, Gemini
+//!   `responseMimeType: application/json`): JSON from the schema with the same generator, or
+//!   `{"reply":"mock"}` without a schema. Tool calls take precedence, then structured output.
+//! * Usage: input = ceil(chars of all system/message text / 4) + 4 per message (a non-empty
+//!   system prompt counts as a message); output = ceil(reply chars / 4) + 1 + ceil(tool
+//!   argument chars / 4).
+//! * Prompt caching: OpenAI/Gemini remember (bounded, 4096 entries) a hash of each request's
+//!   prefix (all messages but the last, per model); a repeated prefix of ≥ 1024 tokens reports
+//!   `floor(prefix/128)*128` cached tokens. Anthropic caches only at `cache_control` breakpoints
+//!   (blocks or top-level) of ≥ 1024 tokens: the longest previously seen breakpoint prefix is
+//!   read, the rest up to the last breakpoint is written; `input_tokens` excludes both.
+//!
+//! # Directives
+//! Appended to the model name after `@`, comma-separated (`gpt-4o-mini@status=429,retry_after=20`;
+//! for Gemini in the path, `models/gemini-2.5-flash@status=503:generateContent`). Responses report
+//! the name before `@`. `status=N` (N in 400..=599: that provider's error for N, generic body for
+//! unknown N), `retry_after=S`, `latency=MS` (before the response header), `chunk_delay=MS`
+//! (between stream events), `stall=MS` (after the first stream event), `hang` (never answer; hold
+//! the connection until the client closes), `drop` (stream: header + first event, then close
+//! without the terminating chunk; otherwise close without answering). `MockOptions::fail_rate`
+//! answers that fraction of chat requests with the flavor's 429 or one of its 5xx at random.
+
+mod anthropic;
+mod behavior;
+mod gemini;
+mod http;
+mod openai;
+#[cfg(test)]
+mod tests;
+
+use behavior::{Directives, PrefixCache};
+use http::{Body, Request, Response};
+use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Which provider API(s) the mock impersonates; `All` lets one port stand in for every upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// OpenAI Chat Completions.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini (Generative Language v1beta).
+    Gemini,
+    /// Every endpoint above on one port.
+    All,
+}
+
+impl std::str::FromStr for Flavor {
+    type Err = String;
+
+    /// Parses the CLI spelling so `llmux mock --flavor gemini` works.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "openai" => Ok(Flavor::Openai),
+            "anthropic" => Ok(Flavor::Anthropic),
+            "gemini" => Ok(Flavor::Gemini),
+            "all" => Ok(Flavor::All),
+            _ => Err(format!(
+                "unknown mock flavor {s:?} (expected openai, anthropic, gemini or all)"
+            )),
+        }
+    }
+}
+
+/// Server-wide knobs; per-request directives in the model name override the delays.
+#[derive(Clone, Debug)]
+pub struct MockOptions {
+    /// Which provider API(s) to serve.
+    pub flavor: Flavor,
+    /// Fraction (0..1) of chat requests answered with a random 429/5xx, to exercise retries.
+    pub fail_rate: f64,
+    /// Delay before every response header, to simulate time-to-first-byte.
+    pub latency_ms: u64,
+    /// Delay between stream events, to make streaming observable.
+    pub chunk_delay_ms: u64,
+}
+
+impl Default for MockOptions {
+    /// All flavors, no failures, no delays: the fastest upstream for benchmarks.
+    fn default() -> Self {
+        MockOptions {
+            flavor: Flavor::All,
+            fail_rate: 0.0,
+            latency_ms: 0,
+            chunk_delay_ms: 0,
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves. Each connection is its own task; HTTP/1.1 keep-alive.
+/// Open connections (including hung ones) are closed when `shutdown` resolves.
+pub async fn serve<F: Future<Output = ()> + Send>(
+    listener: tokio::net::TcpListener,
+    opts: MockOptions,
+    shutdown: F,
+) -> std::io::Result<()> {
+    let state = Arc::new(State {
+        opts,
+        log: Mutex::new(VecDeque::new()),
+        cache: Mutex::new(PrefixCache::default()),
+    });
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(http::serve_conn(stream, state.clone()));
+                }
+                Err(e) => {
+                    // e.g. EMFILE: back off briefly instead of spinning or giving up.
+                    log::warn!("mock: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+    Ok(())
+}
+
+/// Shared by all connections; the mutexes are only held for a few pointer-sized operations.
+pub(crate) struct State {
+    pub(crate) opts: MockOptions,
+    log: Mutex<VecDeque<Value>>,
+    pub(crate) cache: Mutex<PrefixCache>,
+}
+
+const LOG_CAPACITY: usize = 256;
+
+/// Locks without propagating poisoning: the guarded data stays consistent on every path.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a request goes, decided from method, path, flavor and (for `/v1/models`) headers.
+enum Route {
+    OpenaiChat,
+    OpenaiModels(Option<String>),
+    AnthropicMessages,
+    AnthropicModels(Option<String>),
+    GeminiGenerate { model: String, stream: bool },
+    GeminiModels(Option<String>),
+    NotFound(Flavor),
+}
+
+/// The flavor whose error shape fits a request nobody routes (or that fails HTTP parsing).
+pub(crate) fn guess_flavor(configured: Flavor, path: &str, anthropic_headers: bool) -> Flavor {
+    match configured {
+        Flavor::All if path.starts_with("/v1beta") => Flavor::Gemini,
+        Flavor::All if anthropic_headers => Flavor::Anthropic,
+        Flavor::All => Flavor::Openai,
+        f => f,
+    }
+}
+
+fn route(flavor: Flavor, req: &Request) -> Route {
+    let path = req.path();
+    let (get, post) = (req.method == "GET", req.method == "POST");
+    let anthropic_hdr =
+        req.header("x-api-key").is_some() || req.header("anthropic-version").is_some();
+    let anthropic_models = flavor == Flavor::Anthropic || (flavor == Flavor::All && anthropic_hdr);
+    let models_route = |id: Option<String>| match anthropic_models {
+        true => (Flavor::Anthropic, Route::AnthropicModels(id)),
+        false => (Flavor::Openai, Route::OpenaiModels(id)),
+    };
+    let found = match path {
+        "/v1/chat/completions" if post => Some((Flavor::Openai, Route::OpenaiChat)),
+        "/v1/messages" if post => Some((Flavor::Anthropic, Route::AnthropicMessages)),
+        "/v1/models" if get => Some(models_route(None)),
+        "/v1beta/models" if get => Some((Flavor::Gemini, Route::GeminiModels(None))),
+        p if get && p.len() > 11 && p.starts_with("/v1/models/") => {
+            Some(models_route(Some(percent_decode(&p[11..]))))
+        }
+        p if p.starts_with("/v1beta/models/") => {
+            let rest = percent_decode(&p["/v1beta/models/".len()..]);
+            match rest.rsplit_once(':') {
+                Some((m, "generateContent")) if post => Some((
+                    Flavor::Gemini,
+                    Route::GeminiGenerate {
+                        model: m.to_string(),
+                        stream: false,
+                    },
+                )),
+                Some((m, "streamGenerateContent")) if post => Some((
+                    Flavor::Gemini,
+                    Route::GeminiGenerate {
+                        model: m.to_string(),
+                        stream: true,
+                    },
+                )),
+                None if get && !rest.is_empty() => {
+                    Some((Flavor::Gemini, Route::GeminiModels(Some(rest))))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match found {
+        Some((f, r)) if flavor == Flavor::All || flavor == f => r,
+        _ => Route::NotFound(guess_flavor(flavor, path, anthropic_hdr)),
+    }
+}
+
+/// Answers one parsed request; never panics, whatever the input.
+pub(crate) fn handle(state: &State, req: &Request) -> Response {
+    match (req.method.as_str(), req.path()) {
+        ("GET", "/_mock/requests") => {
+            let items: Vec<Value> = lock(&state.log).iter().cloned().collect();
+            return Response::json(200, &json!({ "requests": items }));
+        }
+        ("POST", "/_mock/reset") => {
+            lock(&state.log).clear();
+            *lock(&state.cache) = PrefixCache::default();
+            return Response::json(200, &json!({ "reset": true }));
+        }
+        (_, p) if p.starts_with("/_mock/") => {
+            return Response::json(404, &json!({ "error": "unknown mock endpoint" }));
+        }
+        _ => {}
+    }
+    let body: Option<Value> = serde_json::from_slice(&req.body).ok();
+    let route = route(state.opts.flavor, req);
+    let (model, stream) = match &route {
+        Route::GeminiGenerate { model, stream } => (Some(model.as_str()), *stream),
+        _ => {
+            let b = body.as_ref();
+            let model = b.and_then(|b| b.get("model")).and_then(Value::as_str);
+            (
+                model,
+                b.and_then(|b| b.get("stream")).and_then(Value::as_bool) == Some(true),
+            )
+        }
+    };
+    record(state, req, model, stream);
+    match route {
+        Route::OpenaiChat => openai::chat(state, req, body.as_ref()),
+        Route::OpenaiModels(id) => openai::models(req, id.as_deref()),
+        Route::AnthropicMessages => anthropic::messages(state, req, body.as_ref()),
+        Route::AnthropicModels(id) => anthropic::models(req, id.as_deref()),
+        Route::GeminiGenerate { model, stream } => {
+            gemini::generate(state, req, body.as_ref(), &model, stream)
+        }
+        Route::GeminiModels(id) => gemini::models(req, id.as_deref()),
+        Route::NotFound(f) => not_found(f, req),
+    }
+}
+
+fn not_found(flavor: Flavor, req: &Request) -> Response {
+    match flavor {
+        Flavor::Anthropic => anthropic::error_body(404, "not_found_error", "Not Found"),
+        Flavor::Gemini => gemini::error_body(404, "NOT_FOUND", "Method not found.", None),
+        _ => {
+            let msg = format!("Invalid URL ({} {})", req.method, req.path());
+            openai::error_body(404, &msg, "invalid_request_error", "", "")
+        }
+    }
+}
+
+/// The error an HTTP-level failure (bad framing, body too large) gets, in a provider's shape.
+pub(crate) fn http_error(flavor: Flavor, status: u16, message: &str) -> Response {
+    match flavor {
+        Flavor::Anthropic if status == 413 => {
+            anthropic::error_body(413, "request_too_large", message)
+        }
+        Flavor::Anthropic => anthropic::error_body(status, "invalid_request_error", message),
+        Flavor::Gemini => gemini::error_body(status, "INVALID_ARGUMENT", message, None),
+        _ => openai::error_body(status, message, "invalid_request_error", "", ""),
+    }
+}
+
+/// The common tail of every chat endpoint: directives and `fail_rate` decide between an error
+/// in `flavor`'s shape, a hang, a dropped connection and the real answer (`build`, run last).
+pub(crate) fn respond(
+    state: &State,
+    d: &Directives,
+    stream: bool,
+    (flavor, model): (Flavor, &str),
+    build: impl FnOnce() -> Response,
+) -> Response {
+    let error = |status| match flavor {
+        Flavor::Anthropic => anthropic::error(status, model, d.retry_after),
+        Flavor::Gemini => gemini::error(status, model, d.retry_after),
+        _ => openai::error(status, model, d.retry_after),
+    };
+    let opts = &state.opts;
+    let mut resp = if d.hang {
+        Response::new(200, Body::Hang)
+    } else if let Some(status) = d.status {
+        error(status)
+    } else if opts.fail_rate > 0.0 && fastrand::f64() < opts.fail_rate {
+        let overloaded = if flavor == Flavor::Anthropic {
+            529
+        } else {
+            503
+        };
+        error([429, 500, overloaded][fastrand::usize(..3)])
+    } else if d.drop && !stream {
+        Response::new(200, Body::Close)
+    } else {
+        let mut r = build();
+        if let Body::Sse { drop, .. } = &mut r.body {
+            *drop = d.drop;
+        }
+        r
+    };
+    resp.latency_ms = d.latency_ms.unwrap_or(opts.latency_ms);
+    resp.chunk_delay_ms = d.chunk_delay_ms.unwrap_or(opts.chunk_delay_ms);
+    resp.stall_ms = d.stall_ms.unwrap_or(0);
+    resp
+}
+
+fn record(state: &State, req: &Request, model: Option<&str>, stream: bool) {
+    let mut headers = Map::new();
+    for (name, value) in &req.headers {
+        let value = match name.as_str() {
+            "authorization" | "x-api-key" | "x-goog-api-key" => "present",
+            _ => value.as_str(),
+        };
+        match headers.get_mut(name) {
+            Some(Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(value);
+            }
+            _ => {
+                headers.insert(name.clone(), Value::String(value.to_string()));
+            }
+        }
+    }
+    let entry = json!({
+        "method": req.method,
+        "path": redact_key(&req.target),
+        "model": model,
+        "body_bytes": req.body.len(),
+        "stream": stream,
+        "headers": headers,
+    });
+    let mut log = lock(&state.log);
+    if log.len() >= LOG_CAPACITY {
+        log.pop_front();
+    }
+    log.push_back(entry);
+}
+
+/// Replaces the value of a `key=` query parameter so Gemini keys never reach the log.
+fn redact_key(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_string();
+    };
+    let params: Vec<&str> = query
+        .split('&')
+        .map(|p| {
+            if p.starts_with("key=") {
+                "key=present"
+            } else {
+                p
+            }
+        })
+        .collect();
+    format!("{path}?{}", params.join("&"))
+}
+
+/// Decodes `%XX` escapes (clients may encode `@`, `=`, `,` and `:` in Gemini model paths).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,439 @@
+//! The attempt loop: try the planned targets in order until one is accepted.
+//!
+//! An attempt is *accepted* only when llmux has something to send the client: the whole
+//! translated body (non-stream) or the first translated stream bytes. Until then every
+//! failure — connect error, timeout, 429, 5xx, a stream cut before its first event — leaves
+//! the client untouched and the next target is tried with the same parsed request, whatever
+//! its size. Once the first byte is sent there is no retry; a later failure is reported
+//! inside the stream.
+
+use super::respond;
+use super::GatewayState;
+use crate::providers::{StreamTranslator, UpstreamRequest};
+use crate::routing::{RoutingTable, Target};
+use crate::types::{ChatRequest, FailureKind, GatewayError, UpstreamFailure, Usage};
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+use std::time::{Duration, Instant};
+
+/// Largest upstream body llmux buffers (non-stream answers, error bodies are capped lower).
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// Why an attempt ended without a response.
+enum AttemptError {
+    /// The upstream failed before anything reached the client.
+    Upstream(UpstreamFailure),
+    /// The client went away; nothing more can be sent.
+    ClientGone,
+}
+
+impl From<UpstreamFailure> for AttemptError {
+    fn from(f: UpstreamFailure) -> Self {
+        AttemptError::Upstream(f)
+    }
+}
+
+/// What one accepted attempt produced, for the access log (and later, stats and cost).
+struct Served {
+    status: u16,
+    usage: Option<Usage>,
+    ttft: Option<Duration>,
+}
+
+/// Runs the plan for one parsed request and writes the client's response.
+pub(super) async fn run(
+    state: &GatewayState,
+    session: &mut Session,
+    table: &RoutingTable,
+    req: &ChatRequest,
+    plan: Vec<Target>,
+    rid: &str,
+    started: Instant,
+) -> Result<(), GatewayError> {
+    let deadline = started + table.limits.request_timeout;
+    let mut last: Option<UpstreamFailure> = None;
+    let mut attempts = 0u32;
+    for target in &plan {
+        if Instant::now() >= deadline {
+            break;
+        }
+        attempts += 1;
+        let upstream_req = target.provider.adapter.chat_request(req, &target.model)?;
+        let result = attempt(
+            state,
+            session,
+            target,
+            req,
+            &upstream_req,
+            deadline,
+            attempts,
+            rid,
+        )
+        .await;
+        match result {
+            Ok(served) => {
+                let tokens = served
+                    .usage
+                    .as_ref()
+                    .map(Usage::token_counts)
+                    .unwrap_or_default();
+                log::info!(
+                    "request_id={rid} model={} provider={} upstream_model={} status={} attempts={attempts} stream={} duration_ms={} ttft_ms={} input_tokens={} cache_read_tokens={} output_tokens={}",
+                    req.model,
+                    target.provider.name,
+                    target.model,
+                    served.status,
+                    req.stream,
+                    started.elapsed().as_millis(),
+                    served.ttft.map_or(-1, |d| d.as_millis() as i64),
+                    tokens.input,
+                    tokens.cache_read,
+                    tokens.output,
+                );
+                return Ok(());
+            }
+            Err(AttemptError::ClientGone) => {
+                log::debug!("request_id={rid} client went away during attempt {attempts}");
+                return Ok(());
+            }
+            Err(AttemptError::Upstream(failure)) => {
+                log::warn!(
+                    "request_id={rid} attempt={attempts} provider={} upstream_model={} failed: {:?} {}",
+                    target.provider.name,
+                    target.model,
+                    failure.kind,
+                    failure.message
+                );
+                if !failure.retryable() {
+                    return Err(GatewayError::Upstream { failure, attempts });
+                }
+                last = Some(failure);
+            }
+        }
+    }
+    match last {
+        Some(failure) if Instant::now() < deadline => {
+            Err(GatewayError::Upstream { failure, attempts })
+        }
+        _ => Err(GatewayError::Timeout {
+            message: format!(
+                "No provider answered within the request deadline of {:?} ({attempts} attempts)",
+                table.limits.request_timeout
+            ),
+        }),
+    }
+}
+
+/// One attempt against one target. Before acceptance it is bounded by the attempt's own
+/// `timeouts.total` and the request deadline.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    state: &GatewayState,
+    session: &mut Session,
+    target: &Target,
+    req: &ChatRequest,
+    upstream_req: &UpstreamRequest,
+    deadline: Instant,
+    attempts: u32,
+    rid: &str,
+) -> Result<Served, AttemptError> {
+    let provider = &target.provider;
+    let attempt_deadline = deadline.min(Instant::now() + provider.timeouts.total.0);
+    let name = provider.name.as_str();
+    let timed_out = || {
+        UpstreamFailure::new(
+            name,
+            FailureKind::Timeout,
+            "the attempt's deadline passed before an answer",
+        )
+    };
+    let opened =
+        tokio::time::timeout_at(attempt_deadline.into(), open(state, target, upstream_req)).await;
+    let (mut up, peer) = opened.map_err(|_| timed_out())??;
+    let sent_at = Instant::now();
+    let status = up.response_header().map_or(0, |h| h.status.as_u16());
+    if !(200..300).contains(&status) {
+        let headers = up
+            .response_header()
+            .map(|h| h.headers.clone())
+            .unwrap_or_default();
+        let body = tokio::time::timeout_at(
+            attempt_deadline.into(),
+            read_all(&mut up, provider.timeouts.idle.0, MAX_ERROR_BODY, name),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        release(state, up, &peer).await;
+        return Err(provider.adapter.error(status, &headers, &body).into());
+    }
+    let extra = |stream: bool| {
+        let mut h = vec![
+            ("x-llmux-provider", provider.name.clone()),
+            ("x-llmux-model", target.model.clone()),
+            ("x-llmux-attempts", attempts.to_string()),
+        ];
+        if stream {
+            h.push(("cache-control", "no-cache".to_owned()));
+        }
+        h
+    };
+
+    if !req.stream {
+        let read = tokio::time::timeout_at(
+            attempt_deadline.into(),
+            read_all(&mut up, provider.timeouts.idle.0, MAX_UPSTREAM_BODY, name),
+        )
+        .await;
+        let body = read.map_err(|_| timed_out())??;
+        let translated = provider.adapter.chat_response(req, &target.model, &body)?;
+        release(state, up, &peer).await;
+        respond::json(session, 200, translated.body, rid, &extra(false))
+            .await
+            .map_err(|_| AttemptError::ClientGone)?;
+        return Ok(Served {
+            status: 200,
+            usage: translated.usage,
+            ttft: None,
+        });
+    }
+
+    // Stream: read until the translator has the first bytes for the client.
+    let mut translator = provider.adapter.stream_translator(req, &target.model);
+    let mut out = BytesMut::new();
+    let mut ended = false;
+    up.set_read_timeout(Some(provider.timeouts.idle.0));
+    while out.is_empty() && !ended {
+        let chunk = tokio::time::timeout_at(attempt_deadline.into(), up.read_response_body())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| pingora_failure(name, &e))?;
+        match chunk {
+            Some(chunk) => translator.feed(&chunk, &mut out)?,
+            None => {
+                translator.finish(&mut out)?;
+                ended = true;
+            }
+        }
+    }
+    let ttft = sent_at.elapsed();
+    let head = respond::header(200, "text/event-stream; charset=utf-8", rid, &extra(true))
+        .map_err(|_| AttemptError::ClientGone)?;
+    let mut head = head;
+    let _ = head.insert_header("transfer-encoding", "chunked");
+    session
+        .write_response_header(Box::new(head), false)
+        .await
+        .map_err(|_| AttemptError::ClientGone)?;
+    session
+        .write_response_body(Some(out.split().freeze()), ended)
+        .await
+        .map_err(|_| AttemptError::ClientGone)?;
+    let clean_end = ended
+        || pump(
+            session,
+            &mut up,
+            translator.as_mut(),
+            provider.timeouts.idle.0,
+            deadline,
+            attempts,
+        )
+        .await?;
+    if clean_end {
+        release(state, up, &peer).await;
+    }
+    Ok(Served {
+        status: 200,
+        usage: translator.usage(),
+        ttft: Some(ttft),
+    })
+}
+
+/// Forwards the rest of an accepted stream. Failures now go to the client as a final error
+/// event followed by `[DONE]`. Returns whether the upstream connection ended cleanly.
+async fn pump(
+    session: &mut Session,
+    up: &mut HttpSession,
+    translator: &mut dyn StreamTranslator,
+    idle: Duration,
+    deadline: Instant,
+    attempts: u32,
+) -> Result<bool, AttemptError> {
+    let mut out = BytesMut::new();
+    loop {
+        let read = tokio::time::timeout_at(deadline.into(), up.read_response_body()).await;
+        let failure = match read {
+            Ok(Ok(Some(chunk))) => match translator.feed(&chunk, &mut out) {
+                Ok(()) => {
+                    if !out.is_empty() {
+                        session
+                            .write_response_body(Some(out.split().freeze()), false)
+                            .await
+                            .map_err(|_| AttemptError::ClientGone)?;
+                    }
+                    continue;
+                }
+                Err(f) => GatewayError::Upstream {
+                    failure: f,
+                    attempts,
+                },
+            },
+            Ok(Ok(None)) => match translator.finish(&mut out) {
+                Ok(()) => {
+                    session
+                        .write_response_body(Some(out.split().freeze()), true)
+                        .await
+                        .map_err(|_| AttemptError::ClientGone)?;
+                    return Ok(true);
+                }
+                Err(f) => GatewayError::Upstream {
+                    failure: f,
+                    attempts,
+                },
+            },
+            Ok(Err(e)) if matches!(e.etype(), ErrorType::ReadTimedout) => GatewayError::Timeout {
+                message: format!(
+                    "The provider sent nothing for {idle:?} in the middle of the stream"
+                ),
+            },
+            Ok(Err(e)) => GatewayError::Upstream {
+                failure: pingora_failure("upstream", &e),
+                attempts,
+            },
+            Err(_) => GatewayError::Timeout {
+                message: "The request deadline passed in the middle of the stream".into(),
+            },
+        };
+        // Whatever was translated before the failure still goes out first.
+        crate::providers::sse::data_event(&mut out, failure.to_json().to_string().as_bytes());
+        out.extend_from_slice(crate::providers::sse::DONE);
+        session
+            .write_response_body(Some(out.split().freeze()), true)
+            .await
+            .map_err(|_| AttemptError::ClientGone)?;
+        return Ok(false);
+    }
+}
+
+/// Connects (or reuses a pooled connection), sends the request and reads the response
+/// header. A pooled connection the server already closed is retried on a fresh one.
+async fn open(
+    state: &GatewayState,
+    target: &Target,
+    upstream_req: &UpstreamRequest,
+) -> Result<(HttpSession, HttpPeer), UpstreamFailure> {
+    let provider = &target.provider;
+    let name = provider.name.as_str();
+    let addr = state
+        .resolver
+        .resolve(&provider.base.host, provider.base.port)
+        .await
+        .map_err(|e| UpstreamFailure::new(name, FailureKind::Connect, e))?;
+    let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+    let t = &provider.timeouts;
+    peer.options.connection_timeout = Some(t.connect.0);
+    peer.options.total_connection_timeout = Some(t.connect.0);
+    peer.options.idle_timeout = Some(POOL_IDLE);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (mut up, reused) = state
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| connect_failure(name, &e))?;
+        up.set_write_timeout(Some(t.idle.0));
+        up.set_read_timeout(Some(t.first_byte.0));
+        match exchange(&mut up, provider.base.host_header(), upstream_req).await {
+            Ok(()) => return Ok((up, peer)),
+            Err(e) if reused && tries < 3 && !matches!(e.etype(), ErrorType::ReadTimedout) => {
+                log::debug!("pooled connection to {name} was stale ({e}); retrying on a new one");
+            }
+            Err(e) => return Err(pingora_failure(name, &e)),
+        }
+    }
+}
+
+async fn exchange(up: &mut HttpSession, host: String, r: &UpstreamRequest) -> pingora::Result<()> {
+    let mut head = RequestHeader::build(r.method, r.path.as_bytes(), Some(r.headers.len() + 4))?;
+    head.insert_header("host", host)?;
+    head.insert_header("user-agent", concat!("llmux/", env!("CARGO_PKG_VERSION")))?;
+    for (k, v) in &r.headers {
+        head.insert_header(k.clone(), v.as_str())?;
+    }
+    if r.method != "GET" || !r.body.is_empty() {
+        head.insert_header("content-length", r.body.len().to_string())?;
+    }
+    up.write_request_header(Box::new(head)).await?;
+    if !r.body.is_empty() {
+        up.write_request_body(r.body.clone(), true).await?;
+    }
+    up.finish_request_body().await?;
+    up.read_response_header().await
+}
+
+/// Reads a whole body with a per-read idle timeout and a size cap.
+async fn read_all(
+    up: &mut HttpSession,
+    idle: Duration,
+    cap: usize,
+    provider: &str,
+) -> Result<Bytes, UpstreamFailure> {
+    up.set_read_timeout(Some(idle));
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = up
+        .read_response_body()
+        .await
+        .map_err(|e| pingora_failure(provider, &e))?
+    {
+        if buf.len() + chunk.len() > cap {
+            return Err(UpstreamFailure::new(
+                provider,
+                FailureKind::Protocol,
+                format!("the provider's response is larger than {cap} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Returns a fully read connection to the pool (anything else is closed on drop).
+async fn release(state: &GatewayState, mut up: HttpSession, peer: &HttpPeer) {
+    if up.response_done() {
+        state
+            .connector
+            .release_http_session(up, peer, Some(POOL_IDLE))
+            .await;
+    }
+}
+
+fn connect_failure(provider: &str, e: &pingora::Error) -> UpstreamFailure {
+    let kind = match e.etype() {
+        ErrorType::ConnectTimedout => FailureKind::Timeout,
+        _ => FailureKind::Connect,
+    };
+    UpstreamFailure::new(provider, kind, format!("could not connect: {e}"))
+}
+
+fn pingora_failure(provider: &str, e: &pingora::Error) -> UpstreamFailure {
+    let kind = match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout => {
+            FailureKind::Timeout
+        }
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure => FailureKind::Connect,
+        _ => FailureKind::Protocol,
+    };
+    UpstreamFailure::new(provider, kind, format!("{e}"))
+}

@@ -1,0 +1,307 @@
+//! The routing table: an immutable snapshot built from a validated config.
+//!
+//! A request loads the current snapshot once (from an `ArcSwap`) and keeps it for all its
+//! attempts, so a reload never changes the plan of a request in flight.
+
+use crate::config::{Config, ProviderKind, Strategy, Timeouts};
+use crate::providers::{self, Adapter, BaseUrl};
+use crate::types::GatewayError;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One configured provider, ready to be called.
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base: BaseUrl,
+    pub adapter: Arc<dyn Adapter>,
+    pub timeouts: Timeouts,
+    pub region: Option<String>,
+    /// The configured key, kept only to scrub it from any upstream text.
+    pub api_key: String,
+}
+
+/// One (provider, upstream model) a request may be sent to.
+#[derive(Clone)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    pub model: String,
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider.name, self.model)
+    }
+}
+
+/// A client-facing model name and its targets.
+pub struct Route {
+    pub name: String,
+    pub strategy: Strategy,
+    pub targets: Vec<Target>,
+}
+
+/// Gateway keys and limits the request path checks.
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_attempts: u32,
+    pub request_timeout: Duration,
+}
+
+/// The snapshot.
+pub struct RoutingTable {
+    pub providers: HashMap<String, Arc<Provider>>,
+    pub routes: HashMap<String, Route>,
+    /// Model ids in config order, for `/v1/models`.
+    pub model_ids: Vec<String>,
+    pub limits: Limits,
+    /// (name, key) of the gateway keys; empty = no key required.
+    pub api_keys: Vec<(String, String)>,
+}
+
+impl RoutingTable {
+    /// Builds the table. `local_addrs` maps `mock` providers without a `base_url` to the
+    /// loopback address of their in-process fake.
+    pub fn build(cfg: &Config, local_addrs: &HashMap<String, SocketAddr>) -> Result<Self, String> {
+        let mut providers = HashMap::new();
+        for p in &cfg.providers {
+            let url = match (&p.base_url, local_addrs.get(&p.name)) {
+                (Some(u), _) => u.clone(),
+                (None, Some(addr)) => format!("http://{addr}/v1"),
+                (None, None) => providers::default_base_url(p)
+                    .ok_or_else(|| format!("provider `{}` needs a base_url", p.name))?,
+            };
+            let base = BaseUrl::parse(&url).map_err(|e| format!("provider `{}`: {e}", p.name))?;
+            let adapter = providers::build_adapter(p, &base)
+                .map_err(|e| format!("provider `{}`: {e}", p.name))?;
+            let provider = Provider {
+                name: p.name.clone(),
+                kind: p.kind,
+                base,
+                adapter,
+                timeouts: p.timeouts.clone(),
+                region: p.region.clone(),
+                api_key: p
+                    .api_key
+                    .as_ref()
+                    .map(|k| k.expose().to_owned())
+                    .unwrap_or_default(),
+            };
+            providers.insert(p.name.clone(), Arc::new(provider));
+        }
+        let mut routes = HashMap::new();
+        let mut model_ids = Vec::new();
+        for m in &cfg.models {
+            let mut targets = Vec::with_capacity(m.targets.len());
+            for t in &m.targets {
+                let provider = providers.get(&t.provider).ok_or_else(|| {
+                    format!("model `{}`: unknown provider `{}`", m.name, t.provider)
+                })?;
+                targets.push(Target {
+                    provider: provider.clone(),
+                    model: t.model.clone(),
+                    weight: t.weight.unwrap_or(1),
+                });
+            }
+            model_ids.push(m.name.clone());
+            routes.insert(
+                m.name.clone(),
+                Route {
+                    name: m.name.clone(),
+                    strategy: m.strategy,
+                    targets,
+                },
+            );
+        }
+        // Direct `provider/model` names for every configured target, listed after aliases.
+        for m in &cfg.models {
+            for t in &m.targets {
+                let id = format!("{}/{}", t.provider, t.model);
+                if !model_ids.contains(&id) {
+                    model_ids.push(id);
+                }
+            }
+        }
+        Ok(RoutingTable {
+            providers,
+            routes,
+            model_ids,
+            limits: Limits {
+                max_body_bytes: cfg.server.max_body_bytes.0,
+                max_attempts: cfg.routing.max_attempts.max(1),
+                request_timeout: cfg.routing.request_timeout.0,
+            },
+            api_keys: cfg
+                .server
+                .api_keys
+                .iter()
+                .map(|k| (k.name.clone(), k.key.expose().to_owned()))
+                .collect(),
+        })
+    }
+
+    /// The ordered targets for one request: an alias, or `provider/model` for any configured
+    /// provider; `pinned` (the `x-llmux-provider` header) keeps only that provider's targets.
+    pub fn plan(&self, model: &str, pinned: Option<&str>) -> Result<Vec<Target>, GatewayError> {
+        let mut targets = if let Some(route) = self.routes.get(model) {
+            order(route)
+        } else if let Some((provider, upstream)) = model.split_once('/').and_then(|(p, m)| {
+            self.providers
+                .get(p)
+                .map(|p| (p, m))
+                .filter(|(_, m)| !m.is_empty())
+        }) {
+            vec![Target {
+                provider: provider.clone(),
+                model: upstream.to_owned(),
+                weight: 1,
+            }]
+        } else {
+            return Err(GatewayError::ModelNotFound {
+                model: model.to_owned(),
+            });
+        };
+        if let Some(pin) = pinned {
+            if !self.providers.contains_key(pin) {
+                return Err(GatewayError::invalid(
+                    format!("x-llmux-provider names an unknown provider `{pin}`"),
+                    "x-llmux-provider",
+                ));
+            }
+            targets.retain(|t| t.provider.name == pin);
+            if targets.is_empty() {
+                return Err(GatewayError::invalid(
+                    format!("provider `{pin}` serves no target of model `{model}`"),
+                    "x-llmux-provider",
+                ));
+            }
+        }
+        targets.truncate(self.limits.max_attempts as usize);
+        Ok(targets)
+    }
+
+    /// Finds the gateway key name for a presented bearer token (constant time per key).
+    pub fn authenticate(&self, presented: Option<&str>) -> Result<Option<&str>, GatewayError> {
+        if self.api_keys.is_empty() {
+            return Ok(None);
+        }
+        let token = presented.ok_or(GatewayError::InvalidApiKey)?;
+        let mut found = None;
+        for (name, key) in &self.api_keys {
+            if constant_time_eq(key.as_bytes(), token.as_bytes()) {
+                found = Some(name.as_str());
+            }
+        }
+        found.map(Some).ok_or(GatewayError::InvalidApiKey)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Orders a route's targets by its strategy. `weighted` draws the order by weight;
+/// strategies that need live statistics fall back to config order until stats exist.
+fn order(route: &Route) -> Vec<Target> {
+    match route.strategy {
+        Strategy::Weighted => weighted_order(&route.targets),
+        Strategy::Fallback | Strategy::LowestLatency | Strategy::LowestCost => {
+            route.targets.clone()
+        }
+    }
+}
+
+fn weighted_order(targets: &[Target]) -> Vec<Target> {
+    let mut pool: Vec<Target> = targets.to_vec();
+    let mut out = Vec::with_capacity(pool.len());
+    while !pool.is_empty() {
+        let total: u64 = pool.iter().map(|t| u64::from(t.weight.max(1))).sum();
+        let mut pick = fastrand::u64(0..total);
+        let idx = pool
+            .iter()
+            .position(|t| {
+                let w = u64::from(t.weight.max(1));
+                if pick < w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        out.push(pool.remove(idx));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> RoutingTable {
+        let cfg: Config = serde_yaml::from_str(yaml).unwrap();
+        RoutingTable::build(&cfg, &HashMap::new()).unwrap()
+    }
+
+    const YAML: &str = r#"
+providers:
+  - { name: a, kind: openai, base_url: "http://127.0.0.1:1/v1", api_key: k1 }
+  - { name: b, kind: openai_compatible, base_url: "http://127.0.0.1:2/v1" }
+models:
+  - name: chat
+    targets: [ { provider: a, model: m1 }, { provider: b, model: m2 } ]
+  - name: w
+    strategy: weighted
+    targets: [ { provider: a, model: m1, weight: 3 }, { provider: b, model: m2, weight: 1 } ]
+routing: { max_attempts: 2 }
+server:
+  api_keys: [ { name: team, key: secret-1 } ]
+"#;
+
+    #[test]
+    fn plans_alias_direct_and_pinned() {
+        let t = table(YAML);
+        let plan = t.plan("chat", None).unwrap();
+        assert_eq!(
+            plan.iter().map(|t| t.model.as_str()).collect::<Vec<_>>(),
+            ["m1", "m2"]
+        );
+        let plan = t.plan("b/some-model", None).unwrap();
+        assert_eq!(
+            (plan[0].provider.name.as_str(), plan[0].model.as_str()),
+            ("b", "some-model")
+        );
+        let plan = t.plan("chat", Some("b")).unwrap();
+        assert_eq!(plan.len(), 1);
+        assert_eq!(t.plan("nope", None).unwrap_err().code(), "model_not_found");
+        assert_eq!(t.plan("zz/m", None).unwrap_err().code(), "model_not_found");
+        assert_eq!(t.plan("chat", Some("zz")).unwrap_err().status(), 400);
+        assert_eq!(t.model_ids, ["chat", "w", "a/m1", "b/m2"]);
+    }
+
+    #[test]
+    fn weighted_order_follows_weights() {
+        let t = table(YAML);
+        let firsts = (0..2000)
+            .filter(|_| t.plan("w", None).unwrap()[0].provider.name == "a")
+            .count();
+        assert!(
+            (1300..1700).contains(&firsts),
+            "a first {firsts}/2000 with weight 3:1"
+        );
+    }
+
+    #[test]
+    fn gateway_keys() {
+        let t = table(YAML);
+        assert_eq!(t.authenticate(Some("secret-1")).unwrap(), Some("team"));
+        assert!(t.authenticate(Some("secret-2")).is_err());
+        assert!(t.authenticate(None).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+"""spec.md §6: every error row this gateway can produce today, with exact status and code;
+bad input never takes the process or other requests down."""
+
+import http.client
+import json
+import os
+import random
+import socket
+
+import pytest
+from conftest import Gateway, standard_config
+
+
+def code_of(body):
+    return json.loads(body)["error"]["code"]
+
+
+def assert_error(resp, status, code):
+    got_status, headers, body = resp
+    assert got_status == status, body
+    err = json.loads(body)["error"]
+    assert set(err) >= {"message", "type", "param", "code"}
+    assert err["code"] == code, err
+    assert headers["content-type"] == "application/json"
+
+
+def test_body_not_json(gateway):
+    assert_error(gateway.request("POST", "/v1/chat/completions", b"{nope", {"content-type": "application/json"}), 400, "invalid_request")
+
+
+def test_empty_body(gateway):
+    assert_error(gateway.request("POST", "/v1/chat/completions", b""), 400, "invalid_request")
+
+
+def test_missing_messages(gateway):
+    resp = gateway.request("POST", "/v1/chat/completions", {"model": "chat"})
+    assert_error(resp, 400, "invalid_request")
+    assert "messages" in json.loads(resp[2])["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"model": "chat", "messages": "hello"}, "messages"),
+        ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "chat", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "chat", "messages": [{"role": "robot", "content": "x"}]}, "messages[0]"),
+        ({"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        ({"model": "chat", "messages": []}, "messages"),
+    ],
+)
+def test_invalid_fields_name_the_param(gateway, body, param):
+    resp = gateway.request("POST", "/v1/chat/completions", body)
+    assert_error(resp, 400, "invalid_request")
+    assert json.loads(resp[2])["error"]["param"] == param
+
+
+def test_unknown_path(gateway):
+    assert_error(gateway.request("GET", "/v2/whatever"), 404, "not_found")
+
+
+def test_wrong_method(gateway):
+    resp = gateway.request("GET", "/v1/chat/completions")
+    assert_error(resp, 405, "method_not_allowed")
+    assert resp[1]["allow"] == "POST"
+    assert_error(gateway.request("DELETE", "/v1/models"), 405, "method_not_allowed")
+
+
+def test_unknown_model(gateway):
+    assert_error(
+        gateway.request("POST", "/v1/chat/completions", {"model": "gpt-99", "messages": [{"role": "user", "content": "x"}]}),
+        404,
+        "model_not_found",
+    )
+
+
+def test_body_over_max_body_bytes(gateway):
+    big = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}).encode()
+    assert_error(gateway.request("POST", "/v1/chat/completions", big, {"content-type": "application/json"}), 413, "request_too_large")
+
+
+def test_chunked_body_over_max_body_bytes(gateway):
+    def chunks():
+        yield b'{"model":"chat","messages":[{"role":"user","content":"'
+        for _ in range(80):
+            yield b"x" * 65536
+        yield b'"}]}'
+
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=chunks(), headers={"content-type": "application/json"}, encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413
+    assert code_of(resp.read()) == "request_too_large"
+    conn.close()
+
+
+def test_deadline_is_504_timeout(mock):
+    cfg = f"""
+server: {{ listen: "{{LISTEN}}" }}
+providers:
+  - {{ name: slow, kind: openai_compatible, base_url: "{mock.url}/v1", api_key: k, timeouts: {{ first_byte: 10s }} }}
+models:
+  - {{ name: chat, targets: [ {{ provider: slow, model: "m@hang" }} ] }}
+routing: {{ request_timeout: 700ms }}
+"""
+    g = Gateway(cfg)
+    try:
+        assert_error(g.request("POST", "/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "x"}]}), 504, "timeout")
+    finally:
+        g.stop()
+
+
+def test_gateway_keys(mock):
+    extra = "  api_keys:\n    - { name: team-a, key: gw-key-AAAA }\n"
+    g = Gateway(standard_config(mock.url, extra_server=extra))
+    try:
+        body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+        assert_error(g.request("POST", "/v1/chat/completions", body), 401, "invalid_api_key")
+        assert_error(g.request("POST", "/v1/chat/completions", body, {"authorization": "Bearer wrong"}), 401, "invalid_api_key")
+        assert_error(g.request("GET", "/v1/models"), 401, "invalid_api_key")
+        status, _, _ = g.request("POST", "/v1/chat/completions", body, {"authorization": "Bearer gw-key-AAAA"})
+        assert status == 200
+        # Health endpoints never need the key.
+        assert g.request("GET", "/healthz")[0] == 200
+        assert g.request("GET", "/readyz")[0] == 200
+    finally:
+        g.stop()
+
+
+def test_health_endpoints(gateway):
+    assert gateway.request("GET", "/healthz")[0] == 200
+    status, _, body = gateway.request("GET", "/readyz")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+
+
+def test_garbage_never_takes_the_gateway_down(gateway):
+    rng = random.Random(7)
+    for i in range(60):
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
+        status, _, resp = gateway.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        assert status == 400, (i, resp)
+    # Broken HTTP on raw sockets.
+    for raw in [b"\x00\x01\x02garbage\r\n\r\n", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 99\r\n\r\n{", b"GET / HTTP/9.9\r\n\r\n"]:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=3) as s:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+    status, _, _ = gateway.request("POST", "/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "still alive?"}]})
+    assert status == 200
+
+
+def test_no_secret_reaches_a_response_or_the_log(gateway):
+    for model in ["chat", "fb-429", "all-fail", "bad-request", "fb-dead"]:
+        _, headers, body = gateway.request("POST", "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "x"}]})
+        assert b"SECRET" not in body
+        assert not any("SECRET" in v for v in headers.values())
+    assert "SECRET" not in gateway.log
+    assert "sk-dead" not in gateway.log
