@@ -5,11 +5,14 @@
 //! attempt loop calls each target through its [`providers`] adapter, and the answer is
 //! translated back to OpenAI's shapes.
 
+pub mod admin;
 pub mod config;
 pub mod dns;
+pub mod health;
 pub mod mock;
 pub mod providers;
 pub mod proxy;
+pub mod retry_budget;
 pub mod routing;
 pub mod server;
 pub mod types;

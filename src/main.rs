@@ -25,6 +25,9 @@ enum Command {
         /// Client listener address, overriding `server.listen`.
         #[arg(long)]
         listen: Option<String>,
+        /// Admin listener address, overriding `server.admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Validate a config file; print every error with file:line:column.
     Check {
@@ -47,6 +50,9 @@ enum Command {
         /// Delay between stream events.
         #[arg(long, default_value_t = 0)]
         chunk_delay_ms: u64,
+        /// Status of the `--fail-rate` failures (default: a random 429, 500 or 503/529).
+        #[arg(long)]
+        fail_status: Option<u16>,
     },
     /// Print the JSON Schema of the config file.
     Schema,
@@ -61,8 +67,16 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Serve { config, listen } => {
-            match llmux::server::serve(&config_path(config), listen) {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => {
+            let overrides = llmux::server::ListenOverrides {
+                listen,
+                admin_listen,
+            };
+            match llmux::server::serve(&config_path(config), overrides) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("llmux: {e}");
@@ -92,6 +106,7 @@ fn main() -> ExitCode {
             fail_rate,
             latency_ms,
             chunk_delay_ms,
+            fail_status,
         } => {
             let flavor = match flavor.parse::<llmux::mock::Flavor>() {
                 Ok(f) => f,
@@ -106,11 +121,16 @@ fn main() -> ExitCode {
                 eprintln!("llmux mock: --fail-rate must be between 0 and 1");
                 return ExitCode::FAILURE;
             }
+            if fail_status.is_some_and(|s| !(400..=599).contains(&s)) {
+                eprintln!("llmux mock: --fail-status must be an HTTP error status (400..=599)");
+                return ExitCode::FAILURE;
+            }
             let opts = llmux::mock::MockOptions {
                 flavor,
                 fail_rate,
                 latency_ms,
                 chunk_delay_ms,
+                fail_status,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

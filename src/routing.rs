@@ -3,8 +3,10 @@
 //! A request loads the current snapshot once (from an `ArcSwap`) and keeps it for all its
 //! attempts, so a reload never changes the plan of a request in flight.
 
-use crate::config::{Config, ProviderKind, Strategy, Timeouts};
+use crate::config::{Config, ProbeConfig, ProviderKind, Strategy, Timeouts};
+use crate::health::{BreakerPolicy, Endpoint};
 use crate::providers::{self, Adapter, BaseUrl};
+use crate::retry_budget::RetryBudget;
 use crate::types::GatewayError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +23,8 @@ pub struct Provider {
     pub region: Option<String>,
     /// The configured key, kept only to scrub it from any upstream text.
     pub api_key: String,
+    /// A configured probe that replaces the adapter's zero-cost default.
+    pub probe: Option<ProbeConfig>,
 }
 
 /// One (provider, upstream model) a request may be sent to.
@@ -29,6 +33,8 @@ pub struct Target {
     pub provider: Arc<Provider>,
     pub model: String,
     pub weight: u32,
+    /// Breaker, health and drain state, shared by every alias that routes here.
+    pub endpoint: Arc<Endpoint>,
 }
 
 impl std::fmt::Debug for Target {
@@ -60,12 +66,45 @@ pub struct RoutingTable {
     pub limits: Limits,
     /// (name, key) of the gateway keys; empty = no key required.
     pub api_keys: Vec<(String, String)>,
+    /// Bearer token the admin listener requires, when set.
+    pub admin_token: Option<String>,
+    /// Every configured endpoint once, in config order (probes, admin, metrics).
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub retry_budget: Arc<RetryBudget>,
+    /// Active probe period.
+    pub health_interval: Duration,
+    breaker: BreakerPolicy,
 }
+
+/// Retries always allowed per 10 s, whatever the traffic.
+const RETRY_FLOOR: u64 = 10;
 
 impl RoutingTable {
     /// Builds the table. `local_addrs` maps `mock` providers without a `base_url` to the
     /// loopback address of their in-process fake.
-    pub fn build(cfg: &Config, local_addrs: &HashMap<String, SocketAddr>) -> Result<Self, String> {
+    ///
+    /// Endpoint state (breakers, health, drain) and the retry budget of `previous` carry
+    /// over for endpoints that still exist.
+    pub fn build(
+        cfg: &Config,
+        local_addrs: &HashMap<String, SocketAddr>,
+        previous: Option<&RoutingTable>,
+    ) -> Result<Self, String> {
+        let breaker = BreakerPolicy {
+            failure_threshold: cfg.circuit_breaker.failure_threshold.max(1),
+            open_for: cfg.circuit_breaker.open_for.0,
+            max_open_for: (cfg.circuit_breaker.open_for.0 * 10)
+                .max(std::time::Duration::from_secs(300)),
+            // The rate trip needs real volume: at least 20 outcomes, and more when the
+            // consecutive threshold is set high (a user who allows many failures in a row
+            // does not want a rate trip at a lower count).
+            min_requests: cfg
+                .circuit_breaker
+                .failure_threshold
+                .saturating_mul(4)
+                .max(20),
+            ..BreakerPolicy::default()
+        };
         let mut providers = HashMap::new();
         for p in &cfg.providers {
             let url = match (&p.base_url, local_addrs.get(&p.name)) {
@@ -89,21 +128,33 @@ impl RoutingTable {
                     .as_ref()
                     .map(|k| k.expose().to_owned())
                     .unwrap_or_default(),
+                probe: p.probe.clone(),
             };
             providers.insert(p.name.clone(), Arc::new(provider));
         }
         let mut routes = HashMap::new();
         let mut model_ids = Vec::new();
+        let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
         for m in &cfg.models {
             let mut targets = Vec::with_capacity(m.targets.len());
             for t in &m.targets {
                 let provider = providers.get(&t.provider).ok_or_else(|| {
                     format!("model `{}`: unknown provider `{}`", m.name, t.provider)
                 })?;
+                let known = endpoints
+                    .iter()
+                    .find(|e| e.provider == t.provider && e.model == t.model)
+                    .cloned();
+                let endpoint = known.unwrap_or_else(|| {
+                    let e = carry_over(previous, provider, &t.model, breaker);
+                    endpoints.push(e.clone());
+                    e
+                });
                 targets.push(Target {
                     provider: provider.clone(),
                     model: t.model.clone(),
                     weight: t.weight.unwrap_or(1),
+                    endpoint,
                 });
             }
             model_ids.push(m.name.clone());
@@ -140,7 +191,29 @@ impl RoutingTable {
                 .iter()
                 .map(|k| (k.name.clone(), k.key.expose().to_owned()))
                 .collect(),
+            admin_token: cfg
+                .server
+                .admin_token
+                .as_ref()
+                .filter(|t| !t.is_empty())
+                .map(|t| t.expose().to_owned()),
+            endpoints,
+            retry_budget: match previous {
+                Some(p) if p.retry_budget.ratio() == cfg.routing.retry_budget => {
+                    p.retry_budget.clone()
+                }
+                _ => Arc::new(RetryBudget::new(cfg.routing.retry_budget, RETRY_FLOOR)),
+            },
+            health_interval: cfg.health_checks.interval.0,
+            breaker,
         })
+    }
+
+    /// The endpoint state for (provider, model), if configured.
+    pub fn endpoint(&self, provider: &str, model: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints
+            .iter()
+            .find(|e| e.provider == provider && e.model == model)
     }
 
     /// The ordered targets for one request: an alias, or `provider/model` for any configured
@@ -154,10 +227,23 @@ impl RoutingTable {
                 .map(|p| (p, m))
                 .filter(|(_, m)| !m.is_empty())
         }) {
+            let endpoint = self
+                .endpoint(&provider.name, upstream)
+                .cloned()
+                .unwrap_or_else(|| {
+                    // Not a configured endpoint: its state lives only for this request.
+                    Arc::new(Endpoint::new(
+                        &provider.name,
+                        upstream,
+                        provider.region.clone(),
+                        self.breaker,
+                    ))
+                });
             vec![Target {
                 provider: provider.clone(),
                 model: upstream.to_owned(),
                 weight: 1,
+                endpoint,
             }]
         } else {
             return Err(GatewayError::ModelNotFound {
@@ -179,6 +265,26 @@ impl RoutingTable {
                 ));
             }
         }
+        // Skip open, cooling-down, unhealthy and drained endpoints without an attempt.
+        let mut soonest: Option<Duration> = None;
+        targets.retain(|t| match t.endpoint.unavailable_for() {
+            None => true,
+            Some(wait) => {
+                let wait = if wait.is_zero() {
+                    self.health_interval
+                } else {
+                    wait
+                };
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                false
+            }
+        });
+        if targets.is_empty() {
+            return Err(GatewayError::NoHealthyEndpoint {
+                model: model.to_owned(),
+                retry_after_secs: soonest.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64),
+            });
+        }
         targets.truncate(self.limits.max_attempts as usize);
         Ok(targets)
     }
@@ -199,7 +305,31 @@ impl RoutingTable {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// The endpoint's state from the previous table (same provider and model), or a new one.
+fn carry_over(
+    previous: Option<&RoutingTable>,
+    provider: &Provider,
+    model: &str,
+    policy: BreakerPolicy,
+) -> Arc<Endpoint> {
+    match previous.and_then(|p| p.endpoint(&provider.name, model)) {
+        Some(old) if p_policy_eq(previous, policy) => old.clone(),
+        Some(old) => Arc::new(old.with_policy(policy)),
+        None => Arc::new(Endpoint::new(
+            &provider.name,
+            model,
+            provider.region.clone(),
+            policy,
+        )),
+    }
+}
+
+fn p_policy_eq(previous: Option<&RoutingTable>, policy: BreakerPolicy) -> bool {
+    previous.is_some_and(|p| p.breaker == policy)
+}
+
+/// Constant-time comparison, so a wrong key's timing tells nothing of the right one.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -246,7 +376,7 @@ mod tests {
 
     fn table(yaml: &str) -> RoutingTable {
         let cfg: Config = serde_yaml::from_str(yaml).unwrap();
-        RoutingTable::build(&cfg, &HashMap::new()).unwrap()
+        RoutingTable::build(&cfg, &HashMap::new(), None).unwrap()
     }
 
     const YAML: &str = r#"

@@ -1,8 +1,10 @@
 //! Assembles the Pingora server: the client listener, config reload on SIGHUP, the
 //! in-process fake providers of `kind: mock`, and a draining shutdown on SIGTERM.
 
+use crate::admin::{Admin, Reload};
 use crate::config::{self, Config, ProviderKind};
 use crate::mock;
+use crate::proxy::probe::Prober;
 use crate::proxy::{Gateway, GatewayState};
 use crate::routing::RoutingTable;
 use async_trait::async_trait;
@@ -18,16 +20,43 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Listener addresses given on the command line, overriding the config file.
+#[derive(Debug, Default, Clone)]
+pub struct ListenOverrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+}
+
+/// Checks an address parses and is free now, so a taken port fails startup clearly
+/// (Pingora would only log it).
+fn check_listen(what: &str, addr: &str) -> Result<(), String> {
+    addr.parse::<SocketAddr>()
+        .map_err(|e| format!("{what} address `{addr}`: {e}"))?;
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+    Ok(())
+}
+
 /// Runs the gateway until SIGTERM (drain, then exit) or SIGINT (exit now).
-pub fn serve(config_path: &Path, listen_override: Option<String>) -> Result<(), String> {
+pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), String> {
     let cfg = config::load(config_path).map_err(|e| e.to_string())?;
-    let table = build_table(&cfg)?;
-    let listen = listen_override.unwrap_or_else(|| cfg.server.listen.clone());
-    listen
+    let table = build_table(&cfg, None)?;
+    let listen = overrides
+        .listen
+        .unwrap_or_else(|| cfg.server.listen.clone());
+    let admin_listen = overrides
+        .admin_listen
+        .unwrap_or_else(|| cfg.server.admin_listen.clone());
+    check_listen("listen", &listen)?;
+    check_listen("admin_listen", &admin_listen)?;
+    let admin_ip_loopback = admin_listen
         .parse::<SocketAddr>()
-        .map_err(|e| format!("listen address `{listen}`: {e}"))?;
-    // Fail early and clearly if the port is taken (Pingora would only log it).
-    std::net::TcpListener::bind(&listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !admin_ip_loopback && table.admin_token.is_none() {
+        return Err(format!(
+            "admin_listen {admin_listen} is not a loopback address: set server.admin_token"
+        ));
+    }
 
     let conf = ServerConf {
         threads: std::thread::available_parallelism()
@@ -53,15 +82,26 @@ pub fn serve(config_path: &Path, listen_override: Option<String>) -> Result<(), 
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
+    let reloader = Arc::new(Reloader::new(config_path.to_path_buf(), state.clone()));
+    let mut admin = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Admin {
+            state: state.clone(),
+            reloader: reloader.clone(),
+        },
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&admin_listen);
+    server.add_service(admin);
+    server.add_service(background_service("config reload", ReloadService(reloader)));
     server.add_service(background_service(
-        "config reload",
-        Reloader {
-            path: config_path.to_path_buf(),
+        "health probes",
+        Prober {
             state: state.clone(),
         },
     ));
     log::info!(
-        "llmux listening on {listen} with config {}",
+        "llmux listening on {listen} (admin {admin_listen}) with config {}",
         config_path.display()
     );
     server.run(RunArgs {
@@ -74,7 +114,7 @@ pub fn serve(config_path: &Path, listen_override: Option<String>) -> Result<(), 
 }
 
 /// Builds a routing table, starting in-process fakes for `mock` providers without a URL.
-pub fn build_table(cfg: &Config) -> Result<RoutingTable, String> {
+pub fn build_table(cfg: &Config, previous: Option<&RoutingTable>) -> Result<RoutingTable, String> {
     let mut local = HashMap::new();
     for p in cfg
         .providers
@@ -89,11 +129,12 @@ pub fn build_table(cfg: &Config) -> Result<RoutingTable, String> {
                 fail_rate: opts.fail_rate,
                 latency_ms: opts.latency_ms,
                 chunk_delay_ms: opts.chunk_delay_ms,
+                fail_status: None,
             },
         )?;
         local.insert(p.name.clone(), addr);
     }
-    RoutingTable::build(cfg, &local)
+    RoutingTable::build(cfg, &local, previous)
 }
 
 /// Hosts the in-process fake providers on their own small runtime, for the life of the
@@ -159,41 +200,116 @@ impl MockHost {
     }
 }
 
-/// Reloads the config on SIGHUP; a config that fails validation is rejected and the old
-/// table keeps serving.
-struct Reloader {
+/// Reloads the config: on SIGHUP, on `POST /admin/reload`, and when the file changes (a
+/// Kubernetes ConfigMap update swaps a symlink; the file is re-read, so that is seen too).
+/// A config that fails validation is rejected and the old table keeps serving.
+pub struct Reloader {
     path: PathBuf,
     state: Arc<GatewayState>,
+    /// Hash of the file's bytes when last loaded (or rejected), to spot changes.
+    last_seen: Mutex<Option<u64>>,
+    /// One reload at a time.
+    running: Mutex<()>,
 }
 
 impl Reloader {
-    /// Loads, validates and swaps in a new routing table.
+    /// A reloader for the file the gateway was started with.
+    pub fn new(path: PathBuf, state: Arc<GatewayState>) -> Self {
+        let seen = file_hash(&path);
+        Reloader {
+            path,
+            state,
+            last_seen: Mutex::new(seen),
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Reloads if the file's content changed since it was last seen.
+    fn reload_if_changed(&self) {
+        let now = file_hash(&self.path);
+        let changed = match self.last_seen.lock() {
+            Ok(mut seen) if now.is_some() && *seen != now => {
+                *seen = now;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.log_reload("file change");
+        }
+    }
+
+    fn log_reload(&self, why: &str) {
+        match self.reload() {
+            Ok(()) => log::info!("config reloaded from {} ({why})", self.path.display()),
+            Err(e) => log::error!(
+                "config reload ({why}) rejected, the previous config keeps serving:\n{e}"
+            ),
+        }
+    }
+}
+
+impl Reload for Reloader {
     fn reload(&self) -> Result<(), String> {
+        let _one = self
+            .running
+            .lock()
+            .map_err(|_| "reload lock poisoned".to_owned())?;
+        if let Ok(mut seen) = self.last_seen.lock() {
+            *seen = file_hash(&self.path);
+        }
         let cfg = config::load(&self.path).map_err(|e| e.to_string())?;
-        let table = build_table(&cfg)?;
+        let old = self.state.table.load_full();
+        let table = build_table(&cfg, Some(&old))?;
         self.state.table.store(Arc::new(table));
         Ok(())
     }
 }
 
+/// A hash of the file's bytes (None when it cannot be read, e.g. mid-swap).
+fn file_hash(path: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// How often the config file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the reloader: SIGHUP and the file watch.
+struct ReloadService(Arc<Reloader>);
+
 #[async_trait]
-impl BackgroundService for Reloader {
+impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
+            Ok(s) => Some(s),
             Err(e) => {
-                log::error!("cannot listen for SIGHUP, config reload disabled: {e}");
-                return;
+                log::error!("cannot listen for SIGHUP ({e}); the file watch still reloads");
+                None
             }
         };
+        let mut tick = tokio::time::interval(WATCH_EVERY);
         loop {
+            let hup_recv = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = hup.recv() => match self.reload() {
-                    Ok(()) => log::info!("config reloaded from {}", self.path.display()),
-                    Err(e) => log::error!("config reload rejected, the previous config keeps serving:\n{e}"),
-                },
+                _ = hup_recv => {
+                    let r = self.0.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.log_reload("SIGHUP")).await;
+                }
+                _ = tick.tick() => {
+                    let r = self.0.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.reload_if_changed()).await;
+                }
             }
         }
     }
@@ -241,5 +357,5 @@ pub fn check_table(cfg: &Config) -> Result<(), String> {
         .filter(|p| p.kind == ProviderKind::Mock && p.base_url.is_none())
         .map(|p| (p.name.clone(), SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect();
-    RoutingTable::build(cfg, &local).map(|_| ())
+    RoutingTable::build(cfg, &local, None).map(|_| ())
 }

@@ -264,19 +264,23 @@ fn stream_events(id: &str, model: &str, out: &Output, usage: &Usage) -> Vec<Vec<
     push("message_start", &start);
     let (content, stop) = blocks(out);
     for (index, block) in content.into_iter().enumerate() {
-        let (empty, deltas): (Value, Vec<Value>) = match out {
+        let (empty, deltas): (Value, Vec<String>) = match out {
             Output::Text(text) => {
-                let delta = |p: &str| json!({"type": "text_delta", "text": p});
-                (
-                    json!({"type": "text", "text": ""}),
-                    pieces(text, 4, 8).into_iter().map(delta).collect(),
-                )
+                let delta = |p| format!(r#"{{"type":"text_delta","text":{}}}"#, Value::from(p));
+                let deltas = pieces(text, 4, 8).into_iter().map(delta).collect();
+                (json!({"type": "text", "text": ""}), deltas)
             }
             Output::Calls(calls) => {
                 let args = calls.get(index).map_or("{}", |c| c.args.as_str());
                 let frags = std::iter::once("").chain(pieces(args, 4, 8));
-                let delta = |p: &str| json!({"type": "input_json_delta", "partial_json": p});
-                let empty = json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}});
+                let delta = |p| {
+                    format!(
+                        r#"{{"type":"input_json_delta","partial_json":{}}}"#,
+                        Value::from(p)
+                    )
+                };
+                let (id, name) = (&block["id"], &block["name"]);
+                let empty = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
                 (empty, frags.map(delta).collect())
             }
         };
@@ -286,13 +290,11 @@ fn stream_events(id: &str, model: &str, out: &Output, usage: &Usage) -> Vec<Vec<
             push("ping", &r#"{"type": "ping"}"#);
         }
         for delta in deltas {
-            let ev = json!({"type": "content_block_delta", "index": index, "delta": delta});
+            let ev = format!(r#"{{"type":"content_block_delta","index":{index},"delta":{delta}}}"#);
             push("content_block_delta", &ev);
         }
-        push(
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": index}),
-        );
+        let done = format!(r#"{{"type":"content_block_stop","index":{index}}}"#);
+        push("content_block_stop", &done);
     }
     let full = usage_json(usage);
     let delta_usage = json!({"input_tokens": full["input_tokens"],

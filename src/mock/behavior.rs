@@ -16,6 +16,8 @@ pub(crate) struct Directives {
     pub(crate) stall_ms: Option<u64>,
     pub(crate) hang: bool,
     pub(crate) drop: bool,
+    /// Answer 200 with a body that is not the provider's format (a broken upstream).
+    pub(crate) garbage: bool,
 }
 
 /// Delays are capped at a day so no directive can overflow a timer.
@@ -44,6 +46,7 @@ pub(crate) fn split_model(raw: &str) -> (&str, Directives) {
             "stall" => d.stall_ms = delay,
             "hang" => d.hang = true,
             "drop" => d.drop = true,
+            "garbage" => d.garbage = true,
             other => log::warn!("mock: ignoring unknown directive {other:?}"),
         }
     }

@@ -108,6 +108,9 @@ pub struct MockOptions {
     pub latency_ms: u64,
     /// Delay between stream events, to make streaming observable.
     pub chunk_delay_ms: u64,
+    /// When set, `fail_rate` failures all use this status instead of a random 429/5xx
+    /// (a deterministic outage without retry hints).
+    pub fail_status: Option<u16>,
 }
 
 impl Default for MockOptions {
@@ -118,6 +121,7 @@ impl Default for MockOptions {
             fail_rate: 0.0,
             latency_ms: 0,
             chunk_delay_ms: 0,
+            fail_status: None,
         }
     }
 }
@@ -159,7 +163,7 @@ pub async fn serve<F: Future<Output = ()> + Send>(
 /// Shared by all connections; the mutexes are only held for a few pointer-sized operations.
 pub(crate) struct State {
     pub(crate) opts: MockOptions,
-    log: Mutex<VecDeque<Value>>,
+    log: Mutex<VecDeque<LogEntry>>,
     pub(crate) cache: Mutex<PrefixCache>,
 }
 
@@ -244,7 +248,7 @@ fn route(flavor: Flavor, req: &Request) -> Route {
 pub(crate) fn handle(state: &State, req: &Request) -> Response {
     match (req.method.as_str(), req.path()) {
         ("GET", "/_mock/requests") => {
-            let items: Vec<Value> = lock(&state.log).iter().cloned().collect();
+            let items: Vec<Value> = lock(&state.log).iter().map(LogEntry::to_json).collect();
             return Response::json(200, &json!({ "requests": items }));
         }
         ("POST", "/_mock/reset") => {
@@ -332,7 +336,17 @@ pub(crate) fn respond(
         } else {
             503
         };
-        error([429, 500, overloaded][fastrand::usize(..3)])
+        error(
+            opts.fail_status
+                .unwrap_or([429, 500, overloaded][fastrand::usize(..3)]),
+        )
+    } else if d.garbage {
+        let mut r = Response::new(
+            200,
+            Body::Full(b"<html>upstream proxy error</html>".to_vec()),
+        );
+        r.headers.push(("content-type", "text/html".into()));
+        r
     } else if d.drop && !stream {
         Response::new(200, Body::Close)
     } else {
@@ -348,31 +362,43 @@ pub(crate) fn respond(
     resp
 }
 
-fn record(state: &State, req: &Request, model: Option<&str>, stream: bool) {
-    let mut headers = Map::new();
-    for (name, value) in &req.headers {
-        let value = match name.as_str() {
-            "authorization" | "x-api-key" | "x-goog-api-key" => "present",
-            _ => value.as_str(),
-        };
-        match headers.get_mut(name) {
-            Some(Value::String(prev)) => {
-                prev.push_str(", ");
-                prev.push_str(value);
-            }
-            _ => {
-                headers.insert(name.clone(), Value::String(value.to_string()));
+/// One `/_mock/requests` entry (already redacted), serialized only when someone asks.
+struct LogEntry {
+    method: String,
+    path: String,
+    model: Option<String>,
+    body_bytes: usize,
+    stream: bool,
+    headers: Vec<(String, String)>,
+}
+
+impl LogEntry {
+    fn to_json(&self) -> Value {
+        let mut headers = Map::new();
+        for (name, value) in &self.headers {
+            match headers.get_mut(name) {
+                Some(Value::String(prev)) => *prev = format!("{prev}, {value}"),
+                _ => drop(headers.insert(name.clone(), value.as_str().into())),
             }
         }
+        json!({"method": self.method, "path": self.path, "model": self.model,
+               "body_bytes": self.body_bytes, "stream": self.stream, "headers": headers})
     }
-    let entry = json!({
-        "method": req.method,
-        "path": redact_key(&req.target),
-        "model": model,
-        "body_bytes": req.body.len(),
-        "stream": stream,
-        "headers": headers,
-    });
+}
+
+fn record(state: &State, req: &Request, model: Option<&str>, stream: bool) {
+    let redact = |(name, value): &(String, String)| match name.as_str() {
+        "authorization" | "x-api-key" | "x-goog-api-key" => (name.clone(), "present".into()),
+        _ => (name.clone(), value.clone()),
+    };
+    let entry = LogEntry {
+        method: req.method.clone(),
+        path: redact_key(&req.target),
+        model: model.map(String::from),
+        body_bytes: req.body.len(),
+        stream,
+        headers: req.headers.iter().map(redact).collect(),
+    };
     let mut log = lock(&state.log);
     if log.len() >= LOG_CAPACITY {
         log.pop_front();

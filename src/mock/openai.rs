@@ -239,54 +239,60 @@ fn completion(id: &str, model: &str, out: &Output, usage: &Usage) -> Value {
     })
 }
 
+/// SSE chunks; the envelope shared by every chunk is serialized once.
 fn stream_events(id: &str, model: &str, out: &Output, u: &Usage, with_usage: bool) -> Vec<Vec<u8>> {
-    let created = now_secs();
+    let (id, model, created) = (Value::from(id), Value::from(model), now_secs());
+    let head = format!(
+        r#"data: {{"id":{id},"object":"chat.completion.chunk","created":{created},"model":{model},"service_tier":"default","system_fingerprint":"{FINGERPRINT}","choices":"#
+    );
     let mut events: Vec<Vec<u8>> = Vec::new();
-    let mut push = |choices: Value, usage: Option<Value>| {
-        let mut chunk = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "service_tier": "default", "system_fingerprint": FINGERPRINT, "choices": choices,
-        });
-        if let Some(obj) = chunk.as_object_mut() {
-            if with_usage {
-                obj.insert("usage".into(), usage.unwrap_or(Value::Null));
-            }
-            let pad = (events.len() * 7) % 16;
-            obj.insert("obfuscation".into(), OBFUSCATION[..pad].into());
-        }
-        events.push(format!("data: {chunk}\n\n").into_bytes());
+    let mut push = |choices: &str, usage: &str| {
+        let usage = if with_usage {
+            format!(r#","usage":{usage}"#)
+        } else {
+            String::new()
+        };
+        let pad = &OBFUSCATION[..(events.len() * 7) % 16];
+        let event = format!("{head}{choices}{usage},\"obfuscation\":\"{pad}\"}}\n\n");
+        events.push(event.into_bytes());
     };
     let delta =
-        |d: Value| json!([{"index": 0, "delta": d, "logprobs": null, "finish_reason": null}]);
+        |d: &str| format!(r#"[{{"index":0,"delta":{d},"logprobs":null,"finish_reason":null}}]"#);
     let finish = match out {
         Output::Text(text) => {
             push(
-                delta(json!({"role": "assistant", "content": "", "refusal": null})),
-                None,
+                &delta(r#"{"role":"assistant","content":"","refusal":null}"#),
+                "null",
             );
             for p in pieces(text, 4, 8) {
-                push(delta(json!({"content": p})), None);
+                push(
+                    &delta(&format!(r#"{{"content":{}}}"#, Value::from(p))),
+                    "null",
+                );
             }
             "stop"
         }
         Output::Calls(calls) => {
-            push(delta(json!({"role": "assistant", "content": null})), None);
+            push(&delta(r#"{"role":"assistant","content":null}"#), "null");
             for (i, c) in calls.iter().enumerate() {
                 let first = json!({"index": i, "id": rand_id("call_", 24), "type": "function",
                                    "function": {"name": c.name, "arguments": ""}});
-                push(delta(json!({"tool_calls": [first]})), None);
+                push(
+                    &delta(&json!({ "tool_calls": [first] }).to_string()),
+                    "null",
+                );
                 for p in pieces(&c.args, 4, 8) {
                     let frag = json!({"index": i, "function": {"arguments": p}});
-                    push(delta(json!({"tool_calls": [frag]})), None);
+                    push(&delta(&json!({ "tool_calls": [frag] }).to_string()), "null");
                 }
             }
             "tool_calls"
         }
     };
-    let end = json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}]);
-    push(end, None);
+    let end = format!(r#"[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}]"#);
+    push(&end, "null");
     if with_usage {
-        push(json!([]), Some(usage_json(u)));
+        push("[]", &usage_json(u).to_string());
     }
     events.push(b"data: [DONE]\n\n".to_vec());
     events
@@ -307,6 +313,11 @@ pub(crate) fn models(req: &Request, id: Option<&str>) -> Response {
     let model =
         |id: &str, t: u64| json!({"id": id, "object": "model", "created": t, "owned_by": "system"});
     match id {
+        // Directives work here too, so a test can make a probe fail.
+        Some(raw) if raw.contains('@') => match super::behavior::split_model(raw) {
+            (id, d) if d.status.is_some() => error(d.status.unwrap_or(500), id, d.retry_after),
+            (id, _) => Response::json(200, &model(id, 1_715_367_049)),
+        },
         Some(id) => Response::json(200, &model(id, 1_715_367_049)),
         None => {
             let data: Vec<Value> = MODELS.iter().map(|(id, t)| model(id, *t)).collect();

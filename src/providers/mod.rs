@@ -5,7 +5,10 @@
 //! bytes, with no network and no knowledge of routing or Pingora. The proxy only ever talks
 //! to this trait, so adding a provider never touches the request path.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
+pub mod openai_out;
 pub mod sse;
 
 use crate::config::{ProviderConfig, ProviderKind};

@@ -9,6 +9,7 @@
 
 use super::respond;
 use super::GatewayState;
+use crate::health::Outcome;
 use crate::providers::{StreamTranslator, UpstreamRequest};
 use crate::routing::{RoutingTable, Target};
 use crate::types::{ChatRequest, FailureKind, GatewayError, UpstreamFailure, Usage};
@@ -43,6 +44,8 @@ impl From<UpstreamFailure> for AttemptError {
 /// What one accepted attempt produced, for the access log (and later, stats and cost).
 struct Served {
     status: u16,
+    /// The stream failed after it had started (reported to the client in-stream).
+    broken: bool,
     usage: Option<Usage>,
     ttft: Option<Duration>,
 }
@@ -60,12 +63,28 @@ pub(super) async fn run(
     let deadline = started + table.limits.request_timeout;
     let mut last: Option<UpstreamFailure> = None;
     let mut attempts = 0u32;
+    table.retry_budget.on_request();
     for target in &plan {
         if Instant::now() >= deadline {
             break;
         }
+        // The breaker decides right before the attempt (a half-open trial is taken here).
+        let Some(permit) = target.endpoint.acquire() else {
+            continue;
+        };
+        if attempts > 0 && !table.retry_budget.try_retry() {
+            target.endpoint.release(permit);
+            log::warn!("request_id={rid} retry budget spent; not trying {target:?}");
+            break;
+        }
         attempts += 1;
-        let upstream_req = target.provider.adapter.chat_request(req, &target.model)?;
+        let upstream_req = match target.provider.adapter.chat_request(req, &target.model) {
+            Ok(r) => r,
+            Err(e) => {
+                target.endpoint.release(permit);
+                return Err(e);
+            }
+        };
         let result = attempt(
             state,
             session,
@@ -79,27 +98,17 @@ pub(super) async fn run(
         .await;
         match result {
             Ok(served) => {
-                let tokens = served
-                    .usage
-                    .as_ref()
-                    .map(Usage::token_counts)
-                    .unwrap_or_default();
-                log::info!(
-                    "request_id={rid} model={} provider={} upstream_model={} status={} attempts={attempts} stream={} duration_ms={} ttft_ms={} input_tokens={} cache_read_tokens={} output_tokens={}",
-                    req.model,
-                    target.provider.name,
-                    target.model,
-                    served.status,
-                    req.stream,
-                    started.elapsed().as_millis(),
-                    served.ttft.map_or(-1, |d| d.as_millis() as i64),
-                    tokens.input,
-                    tokens.cache_read,
-                    tokens.output,
-                );
+                let outcome = if served.broken {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                target.endpoint.record(permit, outcome, None);
+                log_served(rid, req, target, &served, attempts, started);
                 return Ok(());
             }
             Err(AttemptError::ClientGone) => {
+                target.endpoint.record(permit, Outcome::Neutral, None);
                 log::debug!("request_id={rid} client went away during attempt {attempts}");
                 return Ok(());
             }
@@ -111,6 +120,9 @@ pub(super) async fn run(
                     failure.kind,
                     failure.message
                 );
+                target
+                    .endpoint
+                    .record(permit, outcome_of(&failure), failure.retry_after);
                 if !failure.retryable() {
                     return Err(GatewayError::Upstream { failure, attempts });
                 }
@@ -122,13 +134,69 @@ pub(super) async fn run(
         Some(failure) if Instant::now() < deadline => {
             Err(GatewayError::Upstream { failure, attempts })
         }
-        _ => Err(GatewayError::Timeout {
+        Some(_) => Err(GatewayError::Timeout {
             message: format!(
                 "No provider answered within the request deadline of {:?} ({attempts} attempts)",
                 table.limits.request_timeout
             ),
         }),
+        // Every planned endpoint refused at the last moment (a half-open trial already out).
+        None if attempts == 0 => Err(GatewayError::NoHealthyEndpoint {
+            model: req.model.clone(),
+            retry_after_secs: 1,
+        }),
+        None => Err(GatewayError::Timeout {
+            message: format!(
+                "The request deadline of {:?} passed",
+                table.limits.request_timeout
+            ),
+        }),
     }
+}
+
+/// What an upstream failure says about the endpoint: a request the provider refused as
+/// malformed (4xx other than 408/429) says nothing about its health.
+fn outcome_of(failure: &UpstreamFailure) -> Outcome {
+    match failure.kind {
+        FailureKind::Status(s) if (400..500).contains(&s) && !matches!(s, 408 | 429) => {
+            if failure.permanent {
+                Outcome::Failure
+            } else {
+                Outcome::Neutral
+            }
+        }
+        _ => Outcome::Failure,
+    }
+}
+
+/// The access log line: ids and numbers, never content or keys.
+fn log_served(
+    rid: &str,
+    req: &ChatRequest,
+    target: &Target,
+    served: &Served,
+    attempts: u32,
+    started: Instant,
+) {
+    let tokens = served
+        .usage
+        .as_ref()
+        .map(Usage::token_counts)
+        .unwrap_or_default();
+    log::info!(
+        "request_id={rid} model={} provider={} upstream_model={} status={} attempts={attempts} stream={} broken={} duration_ms={} ttft_ms={} input_tokens={} cache_read_tokens={} output_tokens={}",
+        req.model,
+        target.provider.name,
+        target.model,
+        served.status,
+        req.stream,
+        served.broken,
+        started.elapsed().as_millis(),
+        served.ttft.map_or(-1, |d| d.as_millis() as i64),
+        tokens.input,
+        tokens.cache_read,
+        tokens.output,
+    );
 }
 
 /// One attempt against one target. Before acceptance it is bounded by the attempt's own
@@ -201,6 +269,7 @@ async fn attempt(
             .map_err(|_| AttemptError::ClientGone)?;
         return Ok(Served {
             status: 200,
+            broken: false,
             usage: translated.usage,
             ttft: None,
         });
@@ -252,6 +321,7 @@ async fn attempt(
     }
     Ok(Served {
         status: 200,
+        broken: !clean_end,
         usage: translator.usage(),
         ttft: Some(ttft),
     })
@@ -325,7 +395,7 @@ async fn pump(
 
 /// Connects (or reuses a pooled connection), sends the request and reads the response
 /// header. A pooled connection the server already closed is retried on a fresh one.
-async fn open(
+pub(crate) async fn open(
     state: &GatewayState,
     target: &Target,
     upstream_req: &UpstreamRequest,
@@ -381,7 +451,7 @@ async fn exchange(up: &mut HttpSession, host: String, r: &UpstreamRequest) -> pi
 }
 
 /// Reads a whole body with a per-read idle timeout and a size cap.
-async fn read_all(
+pub(crate) async fn read_all(
     up: &mut HttpSession,
     idle: Duration,
     cap: usize,
@@ -407,7 +477,7 @@ async fn read_all(
 }
 
 /// Returns a fully read connection to the pool (anything else is closed on drop).
-async fn release(state: &GatewayState, mut up: HttpSession, peer: &HttpPeer) {
+pub(crate) async fn release(state: &GatewayState, mut up: HttpSession, peer: &HttpPeer) {
     if up.response_done() {
         state
             .connector

@@ -6,6 +6,7 @@
 //! responses; the attempt loop lives in [`attempt`].
 
 mod attempt;
+pub mod probe;
 mod respond;
 
 use crate::dns::Resolver;
@@ -223,7 +224,10 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, GatewayEr
             Ok(None) => return Ok(buf.freeze()),
             Err(e) => {
                 session.set_keepalive(None);
-                return Err(GatewayError::invalid(format!("could not read the request body: {e}"), ""));
+                return Err(GatewayError::invalid(
+                    format!("could not read the request body: {e}"),
+                    "",
+                ));
             }
         }
     }

@@ -78,12 +78,21 @@ class Gateway(Proc):
         self.config_path = path
         full_env = dict(os.environ, RUST_LOG="info")
         full_env.update(env or {})
-        super().__init__([BIN, "serve", "--config", path], port, env=full_env)
+        self.admin_port = free_port()
+        super().__init__(
+            [BIN, "serve", "--config", path, "--admin-listen", f"127.0.0.1:{self.admin_port}"],
+            port,
+            env=full_env,
+        )
         self.url = f"http://127.0.0.1:{port}"
 
-    def request(self, method, path, body=None, headers=None, timeout=30):
+    def admin(self, method, path, headers=None):
+        """A request to the admin listener: (status, headers, body)."""
+        return self.request(method, path, headers=headers, port=self.admin_port)
+
+    def request(self, method, path, body=None, headers=None, timeout=30, port=None):
         """Raw HTTP: returns (status, headers dict, body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=timeout)
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
             headers = {"content-type": "application/json", **(headers or {})}
@@ -156,7 +165,7 @@ models:
   - name: chat
     targets: [ {{ provider: openai, model: gpt-4o-mini }} ]
   - name: fb-429
-    targets: [ {{ provider: openai, model: "gpt-4o-mini@status=429" }}, {{ provider: backup, model: gpt-4o-mini }} ]
+    targets: [ {{ provider: openai, model: "gpt-4o-mini@status=429,retry_after=0" }}, {{ provider: backup, model: gpt-4o-mini }} ]
   - name: fb-500
     targets: [ {{ provider: openai, model: "gpt-4o-mini@status=500" }}, {{ provider: backup, model: gpt-4o-mini }} ]
   - name: fb-dead
@@ -176,6 +185,9 @@ models:
 routing:
   max_attempts: 3
   request_timeout: 30s
+  retry_budget: 1.0
+# These tests script failures on purpose; breakers are tested on their own gateways.
+circuit_breaker: {{ failure_threshold: 100000 }}
 """
 
 

@@ -61,7 +61,8 @@ def test_readme_demo_command_serves_with_no_keys():
     # The README runs `cargo run -- serve --config conf/demo.yaml`; same binary, free port.
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    p = Proc([BIN, "serve", "--config", "conf/demo.yaml", "--listen", f"127.0.0.1:{port}"], port, env=env)
+    args = [BIN, "serve", "--config", "conf/demo.yaml", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}"]
+    p = Proc(args, port, env=env)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         for _ in range(10):  # the demo's primary fails 20% of requests; fallback hides it

@@ -1,0 +1,278 @@
+//! The admin listener (spec §4): endpoint state, drain/undrain, reload and `/metrics`.
+//! It is a separate Pingora service on `server.admin_listen`, guarded by
+//! `server.admin_token`, so nothing here is reachable from the client port.
+
+use crate::health::{BreakerState, Endpoint, Health};
+use crate::proxy::{request_id, GatewayState};
+use crate::routing::constant_time_eq;
+use crate::types::GatewayError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use serde_json::json;
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// Reloads the configuration on demand (shared with the file watcher and SIGHUP).
+pub trait Reload: Send + Sync {
+    /// Loads, validates and swaps in the config file; the error lists what was wrong.
+    fn reload(&self) -> Result<(), String>;
+}
+
+/// The admin service.
+pub struct Admin {
+    pub state: Arc<GatewayState>,
+    pub reloader: Arc<dyn Reload>,
+}
+
+#[async_trait]
+impl ProxyHttp for Admin {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "admin answers every request itself",
+        ))
+    }
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
+        let rid = request_id(session);
+        let (status, content_type, body) = match self.handle(session) {
+            Ok((status, content_type, body)) => (status, content_type, body),
+            Err(e) => (e.status(), "application/json", e.body()),
+        };
+        let mut resp = ResponseHeader::build(status, Some(3))?;
+        resp.insert_header("content-type", content_type)?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", rid)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    fn suppress_error_log(&self, _s: &Session, _c: &(), _e: &pingora::Error) -> bool {
+        true
+    }
+}
+
+type Answer = (u16, &'static str, Bytes);
+
+impl Admin {
+    fn handle(&self, session: &Session) -> Result<Answer, GatewayError> {
+        let table = self.state.table.load();
+        if let Some(token) = table.admin_token.as_deref() {
+            let given = session
+                .req_header()
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                });
+            if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+                return Err(GatewayError::InvalidApiKey);
+            }
+        }
+        let method = session.req_header().method.as_str();
+        let path = session.req_header().uri.path();
+        match (method, path) {
+            ("GET", "/metrics") => Ok((
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Bytes::from(metrics(&table.endpoints)),
+            )),
+            ("GET", "/admin/endpoints") => {
+                let list: Vec<_> = table.endpoints.iter().map(|e| endpoint_json(e)).collect();
+                Ok((
+                    200,
+                    "application/json",
+                    Bytes::from(json!({ "endpoints": list }).to_string()),
+                ))
+            }
+            ("POST", "/admin/reload") => match self.reloader.reload() {
+                Ok(()) => Ok((
+                    200,
+                    "application/json",
+                    Bytes::from_static(b"{\"reloaded\":true}"),
+                )),
+                Err(e) => Err(GatewayError::invalid(
+                    format!("config rejected, the previous config keeps serving: {e}"),
+                    "",
+                )),
+            },
+            ("POST", p) if p.starts_with("/admin/endpoints/") => {
+                let rest = &p["/admin/endpoints/".len()..];
+                let (rest, drain) = if let Some(r) = rest.strip_suffix("/drain") {
+                    (r, true)
+                } else if let Some(r) = rest.strip_suffix("/undrain") {
+                    (r, false)
+                } else {
+                    return Err(GatewayError::NotFound { path: p.to_owned() });
+                };
+                let (provider, model) = rest
+                    .split_once('/')
+                    .ok_or_else(|| GatewayError::NotFound { path: p.to_owned() })?;
+                let model = percent_decode(model);
+                let endpoint = table
+                    .endpoint(provider, &model)
+                    .ok_or_else(|| GatewayError::NotFound { path: p.to_owned() })?;
+                endpoint.set_drained(drain);
+                log::warn!(
+                    "endpoint {provider}/{model} {} by hand",
+                    if drain { "drained" } else { "undrained" }
+                );
+                Ok((
+                    200,
+                    "application/json",
+                    Bytes::from(endpoint_json(endpoint).to_string()),
+                ))
+            }
+            (_, "/metrics" | "/admin/endpoints") => Err(GatewayError::MethodNotAllowed {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                allow: "GET",
+            }),
+            (_, "/admin/reload") => Err(GatewayError::MethodNotAllowed {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                allow: "POST",
+            }),
+            _ => Err(GatewayError::NotFound {
+                path: path.to_owned(),
+            }),
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One endpoint as `/admin/endpoints` shows it (spec §4).
+fn endpoint_json(e: &Endpoint) -> serde_json::Value {
+    let requests = e.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = e.errors.load(std::sync::atomic::Ordering::Relaxed);
+    let half_open_at = e.half_open_at().map(rfc3339);
+    json!({
+        "provider": e.provider,
+        "model": e.model,
+        "region": e.region,
+        "health": e.health().as_str(),
+        "breaker": {"state": e.breaker_state().as_str(), "half_open_at": half_open_at},
+        "drained": e.drained(),
+        "requests": requests,
+        "errors": errors,
+        "error_rate": if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+    })
+}
+
+/// RFC 3339 in UTC, without a date library.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition of the endpoint state.
+fn metrics(endpoints: &[Arc<Endpoint>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP llmux_circuit_state Circuit breaker state per endpoint (0 closed, 1 half-open, 2 open).");
+    let _ = writeln!(out, "# TYPE llmux_circuit_state gauge");
+    for e in endpoints {
+        let state = match e.breaker_state() {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        let _ = writeln!(
+            out,
+            "llmux_circuit_state{{provider=\"{}\",model=\"{}\"}} {state}",
+            label(&e.provider),
+            label(&e.model)
+        );
+    }
+    let _ = writeln!(out, "# HELP llmux_endpoint_healthy Whether the endpoint's last probes succeeded (1) or not (0).");
+    let _ = writeln!(out, "# TYPE llmux_endpoint_healthy gauge");
+    for e in endpoints {
+        let healthy = u8::from(e.health() != Health::Unhealthy && !e.drained());
+        let _ = writeln!(
+            out,
+            "llmux_endpoint_healthy{{provider=\"{}\",model=\"{}\"}} {healthy}",
+            label(&e.provider),
+            label(&e.model)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+        assert_eq!(rfc3339(t), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn decodes_percent_escapes_in_model_ids() {
+        assert_eq!(percent_decode("a%2Fb%3Ac"), "a/b:c");
+        assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
+        assert_eq!(percent_decode("é%C3%A9%"), "éé%");
+    }
+
+    #[test]
+    fn metrics_text_has_help_type_and_labels() {
+        let e = Arc::new(Endpoint::new("p\"x", "m", None, Default::default()));
+        let text = metrics(&[e]);
+        assert!(text.contains("# TYPE llmux_circuit_state gauge"));
+        assert!(text.contains("llmux_circuit_state{provider=\"p\\\"x\",model=\"m\"} 0"));
+    }
+}
