@@ -183,7 +183,8 @@ fn endpoint_json(e: &Endpoint) -> serde_json::Value {
         "drained": e.drained(),
         "requests": requests,
         "errors": errors,
-        "error_rate": if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+        // The share of failures over the breaker's recent window; lifetime when idle.
+        "error_rate": e.recent_error_rate().unwrap_or(if requests == 0 { 0.0 } else { errors as f64 / requests as f64 }),
     })
 }
 

@@ -225,6 +225,15 @@ impl Endpoint {
         self.drained.load(Ordering::Acquire)
     }
 
+    /// The failure share of the outcomes in the breaker's sliding window (None when the
+    /// window is empty).
+    pub fn recent_error_rate(&self) -> Option<f64> {
+        let inner = self.inner.lock().ok()?;
+        let horizon = now_ms().saturating_sub(self.policy.window.as_millis() as u64);
+        let recent: Vec<bool> = inner.window.iter().filter(|(t, _)| *t >= horizon).map(|(_, f)| *f).collect();
+        (!recent.is_empty()).then(|| recent.iter().filter(|f| **f).count() as f64 / recent.len() as f64)
+    }
+
     /// Takes the endpoint out of rotation (true) or puts it back (false).
     pub fn set_drained(&self, drained: bool) {
         self.drained.store(drained, Ordering::Release);
@@ -461,7 +470,7 @@ mod tests {
                 ..policy(1000)
             },
         );
-        for i in 0..20 {
+        for i in 0..21 {
             let outcome = if i % 2 == 0 {
                 Outcome::Failure
             } else {

@@ -285,7 +285,6 @@ impl RoutingTable {
                 retry_after_secs: soonest.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64),
             });
         }
-        targets.truncate(self.limits.max_attempts as usize);
         Ok(targets)
     }
 

@@ -1215,20 +1215,20 @@ fn text() -> impl Strategy<Value = &'static str> {
 
 fn part() -> impl Strategy<Value = PartGen> {
     prop_oneof![
-        4 => (text(), any::<bool>()).prop_map(|(t, c)| PartGen::Text(t, c)),
-        2 => (0u8..5).prop_map(PartGen::Image),
+        12 => (text(), any::<bool>()).prop_map(|(t, c)| PartGen::Text(t, c)),
+        4 => (0u8..10).prop_map(PartGen::Image),
         1 => Just(PartGen::Audio),
     ]
 }
 
 fn seg() -> impl Strategy<Value = Seg> {
     prop_oneof![
-        1 => text().prop_map(Seg::System),
-        1 => text().prop_map(Seg::Developer),
-        2 => prop::collection::vec(part(), 0..4).prop_map(Seg::User),
-        3 => text().prop_map(Seg::UserText),
-        2 => prop::option::of(text()).prop_map(Seg::Assistant),
-        3 => (prop::option::of(text()), 1usize..4, 0u8..8, 0u8..8).prop_map(|(c, n, a, r)| Seg::Calls(c, n, a, r)),
+        6 => text().prop_map(Seg::System),
+        4 => text().prop_map(Seg::Developer),
+        12 => prop::collection::vec(part(), 0..4).prop_map(Seg::User),
+        16 => text().prop_map(Seg::UserText),
+        10 => prop::option::of(text()).prop_map(Seg::Assistant),
+        16 => (prop::option::of(text()), 1usize..4, 0u8..24, 0u8..24).prop_map(|(c, n, a, r)| Seg::Calls(c, n, a, r)),
         1 => Just(Seg::OrphanTool),
     ]
 }
@@ -1249,7 +1249,13 @@ fn build_messages(segs: &[Seg]) -> Vec<Value> {
                         PartGen::Text(t, true) => json!({"type": "text", "text": t, "cache_control": {"type": "ephemeral"}}),
                         PartGen::Text(t, false) => json!({"type": "text", "text": t}),
                         PartGen::Image(k) => {
-                            let url = ["data:image/png;base64,iVBORw0KGgo=", "https://example.com/a.jpg", "data:image/svg+xml;base64,PHN2Zz4=", "ftp://nope", "data:image/gif,raw"][*k as usize % 5];
+                            let url = match k {
+                                0..=3 => "data:image/png;base64,iVBORw0KGgo=",
+                                4..=6 => "https://example.com/a.jpg",
+                                7 => "data:image/svg+xml;base64,PHN2Zz4=",
+                                8 => "ftp://nope",
+                                _ => "data:image/gif,raw",
+                            };
                             json!({"type": "image_url", "image_url": {"url": url, "detail": "low"}})
                         }
                         PartGen::Audio => json!({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}),
@@ -1273,8 +1279,8 @@ fn build_messages(segs: &[Seg]) -> Vec<Value> {
                     .enumerate()
                     .map(|(k, id)| {
                         let arguments = match (args, k) {
-                            (7, 0) => "{\"broken\": ".to_owned(),
-                            (6, _) => String::new(),
+                            (23, 0) => "{\"broken\": ".to_owned(),
+                            (22, _) => String::new(),
                             _ => format!("{{\"k\": {k}, \"s\": \"x\"}}"),
                         };
                         json!({"id": id, "type": "function", "function": {"name": if k % 2 == 0 { "f" } else { "g" }, "arguments": arguments}})
@@ -1284,14 +1290,14 @@ fn build_messages(segs: &[Seg]) -> Vec<Value> {
                 let tool =
                     |id: &String| json!({"role": "tool", "tool_call_id": id, "content": "result"});
                 match results {
-                    0 | 1 | 2 => out.extend(ids.iter().map(tool)),
-                    3 => out.extend(ids.iter().rev().map(tool)),
-                    4 => {
+                    0..=14 => out.extend(ids.iter().map(tool)),
+                    15..=17 => out.extend(ids.iter().rev().map(tool)),
+                    18..=20 => {
                         out.push(json!({"role": "user", "content": "also this"}));
                         out.extend(ids.iter().map(tool));
                     }
-                    5 => out.extend(ids.iter().skip(1).map(tool)),
-                    6 => {
+                    21 => out.extend(ids.iter().skip(1).map(tool)),
+                    22 => {
                         out.extend(ids.iter().map(tool));
                         out.push(tool(&ids[0]));
                     }
@@ -1327,18 +1333,23 @@ fn params() -> impl Strategy<Value = Params> {
     (
         (
             0u8..4,
-            0u8..7,
+            prop_oneof![8 => 0u8..5, 1 => 5u8..7],
             prop::option::of(0.0f64..2.0),
             prop::option::of(0.0f64..1.0),
             prop::option::of(prop_oneof![Just(1u64), Just(900), 1u64..20_000]),
         ),
         (
-            prop::option::of(1u32..3),
-            any::<bool>(),
+            prop::option::weighted(0.15, 1u32..3),
+            prop::bool::weighted(0.1),
             0u8..4,
             prop::option::of(any::<bool>()),
         ),
-        (0u8..4, 0u8..6, any::<bool>(), any::<bool>()),
+        (
+            0u8..4,
+            prop_oneof![6 => 0u8..4, 1 => 4u8..6],
+            any::<bool>(),
+            any::<bool>(),
+        ),
     )
         .prop_map(
             |(
@@ -1559,7 +1570,7 @@ fn obeys_anthropic_rules(b: &Value) -> Result<(), String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn random_requests_never_panic_and_obey_anthropic_rules(

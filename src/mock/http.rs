@@ -67,7 +67,8 @@ pub(crate) struct Response {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(&'static str, String)>,
     pub(crate) body: Body,
-    pub(crate) latency_ms: u64,
+    /// Delay before the header; `None` means "the server-wide `latency_ms`".
+    pub(crate) latency_ms: Option<u64>,
     pub(crate) chunk_delay_ms: u64,
     pub(crate) stall_ms: u64,
 }
@@ -85,7 +86,7 @@ pub(crate) enum Body {
 
 impl Response {
     pub(crate) fn new(status: u16, body: Body) -> Self {
-        let (latency_ms, chunk_delay_ms, stall_ms) = (0, 0, 0);
+        let (latency_ms, chunk_delay_ms, stall_ms) = (None, 0, 0);
         Response {
             status,
             headers: Vec::new(),
@@ -361,7 +362,7 @@ async fn write_response(
     resp: Response,
     keep_alive: bool,
 ) -> IoResult<bool> {
-    sleep_ms(resp.latency_ms).await;
+    sleep_ms(resp.latency_ms.unwrap_or(0)).await;
     let framing = match &resp.body {
         Body::Hang => {
             let mut scratch = [0u8; 1024];

@@ -41,6 +41,14 @@
 //!   `floor(prefix/128)*128` cached tokens. Anthropic caches only at `cache_control` breakpoints
 //!   (blocks or top-level) of ≥ 1024 tokens: the longest previously seen breakpoint prefix is
 //!   read, the rest up to the last breakpoint is written; `input_tokens` excludes both.
+//! * Streams: OpenAI role chunk, 4–8-char content pieces or tool-call deltas (first with id/name
+//!   and `arguments:""`), empty-delta finish chunk, usage chunk (`choices:[]`, and `"usage":null`
+//!   before it) only with `stream_options.include_usage`, `data: [DONE]`. Anthropic
+//!   `message_start`, `content_block_start`, `ping` (after the first block start, as recorded),
+//!   deltas, `content_block_stop`, `message_delta` (cumulative usage), `message_stop`. Gemini
+//!   `data: …\r\n\r\n` chunks with usage on each, `finishReason` on the last, no `[DONE]`.
+//! * Ids and payload details follow the recordings (`chatcmpl-`, `call_`, `msg_01`, `toolu_01`,
+//!   `req_011C`, `system_fingerprint`, `service_tier`, `obfuscation`, Google's JSON spacing).
 //!
 //! # Directives
 //! Appended to the model name after `@`, comma-separated (`gpt-4o-mini@status=429,retry_after=20`;
@@ -49,8 +57,10 @@
 //! unknown N), `retry_after=S`, `latency=MS` (before the response header), `chunk_delay=MS`
 //! (between stream events), `stall=MS` (after the first stream event), `hang` (never answer; hold
 //! the connection until the client closes), `drop` (stream: header + first event, then close
-//! without the terminating chunk; otherwise close without answering). `MockOptions::fail_rate`
-//! answers that fraction of chat requests with the flavor's 429 or one of its 5xx at random.
+//! without the terminating chunk; otherwise close without answering). Unknown directives are
+//! ignored. `MockOptions::latency_ms` applies to every response and `chunk_delay_ms` to every
+//! stream unless a directive overrides them; `fail_rate` answers that fraction of chat requests
+//! with the flavor's 429 or one of its 5xx (500, and 503 or Anthropic's 529) at random.
 
 mod anthropic;
 mod behavior;
@@ -160,7 +170,7 @@ pub async fn serve<F: Future<Output = ()> + Send>(
     Ok(())
 }
 
-/// Shared by all connections; the mutexes are only held for a few pointer-sized operations.
+/// Shared by all connections; the mutexes are held only briefly and never across I/O.
 pub(crate) struct State {
     pub(crate) opts: MockOptions,
     log: Mutex<VecDeque<LogEntry>>,
@@ -215,21 +225,13 @@ fn route(flavor: Flavor, req: &Request) -> Route {
         }
         p if p.starts_with("/v1beta/models/") => {
             let rest = percent_decode(&p["/v1beta/models/".len()..]);
+            let generate = |model: &str, stream| {
+                let model = model.to_string();
+                Some((Flavor::Gemini, Route::GeminiGenerate { model, stream }))
+            };
             match rest.rsplit_once(':') {
-                Some((m, "generateContent")) if post => Some((
-                    Flavor::Gemini,
-                    Route::GeminiGenerate {
-                        model: m.to_string(),
-                        stream: false,
-                    },
-                )),
-                Some((m, "streamGenerateContent")) if post => Some((
-                    Flavor::Gemini,
-                    Route::GeminiGenerate {
-                        model: m.to_string(),
-                        stream: true,
-                    },
-                )),
+                Some((m, "generateContent")) if post => generate(m, false),
+                Some((m, "streamGenerateContent")) if post => generate(m, true),
                 None if get && !rest.is_empty() => {
                     Some((Flavor::Gemini, Route::GeminiModels(Some(rest))))
                 }
@@ -263,19 +265,16 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
     }
     let body: Option<Value> = serde_json::from_slice(&req.body).ok();
     let route = route(state.opts.flavor, req);
+    let field = |key: &str| body.as_ref().and_then(|b| b.get(key));
     let (model, stream) = match &route {
         Route::GeminiGenerate { model, stream } => (Some(model.as_str()), *stream),
-        _ => {
-            let b = body.as_ref();
-            let model = b.and_then(|b| b.get("model")).and_then(Value::as_str);
-            (
-                model,
-                b.and_then(|b| b.get("stream")).and_then(Value::as_bool) == Some(true),
-            )
-        }
+        _ => (
+            field("model").and_then(Value::as_str),
+            field("stream") == Some(&Value::Bool(true)),
+        ),
     };
     record(state, req, model, stream);
-    match route {
+    let mut resp = match route {
         Route::OpenaiChat => openai::chat(state, req, body.as_ref()),
         Route::OpenaiModels(id) => openai::models(req, id.as_deref()),
         Route::AnthropicMessages => anthropic::messages(state, req, body.as_ref()),
@@ -285,7 +284,9 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
         }
         Route::GeminiModels(id) => gemini::models(req, id.as_deref()),
         Route::NotFound(f) => not_found(f, req),
-    }
+    };
+    resp.latency_ms.get_or_insert(state.opts.latency_ms);
+    resp
 }
 
 fn not_found(flavor: Flavor, req: &Request) -> Response {
@@ -356,7 +357,7 @@ pub(crate) fn respond(
         }
         r
     };
-    resp.latency_ms = d.latency_ms.unwrap_or(opts.latency_ms);
+    resp.latency_ms = d.latency_ms.or(resp.latency_ms);
     resp.chunk_delay_ms = d.chunk_delay_ms.unwrap_or(opts.chunk_delay_ms);
     resp.stall_ms = d.stall_ms.unwrap_or(0);
     resp

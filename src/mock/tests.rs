@@ -665,11 +665,18 @@ async fn hang_directive() {
 
 #[tokio::test]
 async fn stall_latency_and_chunk_delay() {
-    let m = start(MockOptions {
+    let opts = MockOptions {
+        latency_ms: 30,
         chunk_delay_ms: 1,
         ..MockOptions::default()
-    })
-    .await;
+    };
+    let m = start(opts).await;
+    let t0 = Instant::now();
+    get(&m, "/v1/models", OAI).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(30),
+        "server-wide latency"
+    );
     let t0 = Instant::now();
     let r = oai(&m, "gpt-4o@stall=150,latency=50", json!({"stream": true})).await;
     let min = Duration::from_millis(200 + r.chunks.len() as u64 - 1);

@@ -1513,7 +1513,7 @@ enum Event {
     },
     ContentBlockDelta {
         index: u64,
-        delta: Delta,
+        delta: BlockDelta,
     },
     ContentBlockStop {
         index: u64,
@@ -1550,7 +1550,7 @@ struct MessageDeltaBody {
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Delta {
+enum BlockDelta {
     TextDelta {
         text: String,
     },
@@ -1672,10 +1672,12 @@ impl AnthropicStream {
             Event::ContentBlockDelta { index, delta } => {
                 let state = self.blocks.get_mut(&index);
                 match (delta, state) {
-                    (_, Some(BlockState::Ignored)) | (Delta::Other, _) => {}
-                    (Delta::TextDelta { text }, _) => self.writer.content(out, &text),
-                    (Delta::ThinkingDelta { thinking }, _) => self.writer.reasoning(out, &thinking),
-                    (Delta::InputJsonDelta { partial_json }, Some(state)) => match state {
+                    (_, Some(BlockState::Ignored)) | (BlockDelta::Other, _) => {}
+                    (BlockDelta::TextDelta { text }, _) => self.writer.content(out, &text),
+                    (BlockDelta::ThinkingDelta { thinking }, _) => {
+                        self.writer.reasoning(out, &thinking)
+                    }
+                    (BlockDelta::InputJsonDelta { partial_json }, Some(state)) => match state {
                         BlockState::Tool {
                             index, streamed, ..
                         } => {
@@ -1688,7 +1690,7 @@ impl AnthropicStream {
                         }
                         _ => {}
                     },
-                    (Delta::InputJsonDelta { .. }, None) => {}
+                    (BlockDelta::InputJsonDelta { .. }, None) => {}
                 }
             }
             Event::ContentBlockStop { index } => match self.blocks.get(&index) {

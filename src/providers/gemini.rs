@@ -675,11 +675,8 @@ impl Conversation {
         let mut parts = Vec::new();
         match content {
             None => {}
-            Some(Content::Text(t)) => {
-                if !t.is_empty() {
-                    parts.push(json!({ "text": t }));
-                }
-            }
+            Some(Content::Text(t)) if t.is_empty() => {}
+            Some(Content::Text(t)) => parts.push(json!({ "text": t })),
             Some(Content::Parts(ps)) => {
                 for (j, p) in ps.iter().enumerate() {
                     match p {
@@ -704,12 +701,11 @@ impl Conversation {
         }
         let calls = tool_calls.unwrap_or_default();
         let continues_model_turn = self.turns.last().is_some_and(|t| t.role == "model");
-        if !calls.is_empty() || !parts.is_empty() {
-            if !continues_model_turn {
-                self.check_answered()?;
-                for call in self.open.drain(..) {
-                    self.earlier.insert(call.base_id, call.name);
-                }
+        // A new model turn: the previous one's calls must all have been answered.
+        if (!calls.is_empty() || !parts.is_empty()) && !continues_model_turn {
+            self.check_answered()?;
+            for call in self.open.drain(..) {
+                self.earlier.insert(call.base_id, call.name);
             }
         }
         for (j, call) in calls.iter().enumerate() {
@@ -1766,7 +1762,9 @@ pub fn gemini_error(
 /// A protobuf JSON `Duration` (`"34s"`, `"1.5s"`).
 fn parse_duration(s: &str) -> Option<Duration> {
     let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+    (0.0..1e9)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -64,9 +64,18 @@ pub(super) async fn run(
     let mut last: Option<UpstreamFailure> = None;
     let mut attempts = 0u32;
     table.retry_budget.on_request();
-    for target in &plan {
-        if Instant::now() >= deadline {
+    let max_attempts = table.limits.max_attempts as usize;
+    // Targets in plan order; with fewer targets than `max_attempts` the order repeats, and
+    // an endpoint tried again waits a short jittered backoff first.
+    let sequence = plan.iter().cycle().take(max_attempts.max(plan.len()) + plan.len());
+    for (i, target) in sequence.enumerate() {
+        if attempts as usize >= max_attempts || Instant::now() >= deadline {
             break;
+        }
+        let round = i / plan.len().max(1);
+        if round > 0 {
+            let pause = backoff(round).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
         }
         // The breaker decides right before the attempt (a half-open trial is taken here).
         let Some(permit) = target.endpoint.acquire() else {
@@ -152,6 +161,13 @@ pub(super) async fn run(
             ),
         }),
     }
+}
+
+/// The pause before trying an endpoint again in the same request: 100 ms doubling per
+/// round, ±50 % jitter so clients that failed together do not retry together.
+fn backoff(round: usize) -> Duration {
+    let base = 100u64 << (round - 1).min(4);
+    Duration::from_millis(base / 2 + fastrand::u64(0..=base))
 }
 
 /// What an upstream failure says about the endpoint: a request the provider refused as

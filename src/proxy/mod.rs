@@ -157,7 +157,13 @@ impl Gateway {
         table: &RoutingTable,
         rid: &str,
     ) -> pingora::Result<()> {
-        let ready = !self.state.draining.load(Ordering::Acquire) && !table.providers.is_empty();
+        // Ready: config loaded, not draining, and at least one endpoint not open/out.
+        let any_endpoint = if table.endpoints.is_empty() {
+            !table.providers.is_empty()
+        } else {
+            table.endpoints.iter().any(|e| e.unavailable_for().is_none())
+        };
+        let ready = !self.state.draining.load(Ordering::Acquire) && any_endpoint;
         let (status, body) = if ready {
             (200, Bytes::from_static(b"{\"status\":\"ready\"}"))
         } else {

@@ -86,7 +86,8 @@ def test_all_attempts_failing_is_upstream_error(gateway):
     assert status in (502, 503)
     err = json.loads(body)["error"]
     assert err["code"] == "upstream_error"
-    assert "2 attempts" in err["message"]
+    # Two targets, max_attempts 3: the first target is tried again after a short backoff.
+    assert "3 attempts" in err["message"]
 
 
 def test_provider_429_becomes_503_with_retry_after(gateway):
