@@ -2,7 +2,7 @@
 //! It is a separate Pingora service on `server.admin_listen`, guarded by
 //! `server.admin_token`, so nothing here is reachable from the client port.
 
-use crate::health::{BreakerState, Endpoint, Health};
+use crate::health::Endpoint;
 use crate::proxy::{request_id, GatewayState};
 use crate::routing::constant_time_eq;
 use crate::types::GatewayError;
@@ -12,7 +12,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use serde_json::json;
-use std::fmt::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Reloads the configuration on demand (shared with the file watcher and SIGHUP).
@@ -85,7 +85,7 @@ impl Admin {
             ("GET", "/metrics") => Ok((
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                Bytes::from(metrics(&table.endpoints)),
+                Bytes::from(self.state.metrics.render(&table.endpoints)),
             )),
             ("GET", "/admin/endpoints") => {
                 let list: Vec<_> = table.endpoints.iter().map(|e| endpoint_json(e)).collect();
@@ -171,8 +171,8 @@ fn percent_decode(s: &str) -> String {
 
 /// One endpoint as `/admin/endpoints` shows it (spec §4).
 fn endpoint_json(e: &Endpoint) -> serde_json::Value {
-    let requests = e.requests.load(std::sync::atomic::Ordering::Relaxed);
-    let errors = e.errors.load(std::sync::atomic::Ordering::Relaxed);
+    let requests = e.requests.load(Ordering::Relaxed);
+    let errors = e.errors.load(Ordering::Relaxed);
     let half_open_at = e.half_open_at().map(rfc3339);
     json!({
         "provider": e.provider,
@@ -184,8 +184,26 @@ fn endpoint_json(e: &Endpoint) -> serde_json::Value {
         "requests": requests,
         "errors": errors,
         // The share of failures over the breaker's recent window; lifetime when idle.
+        "latency_ms": percentiles_json(e.stats.duration_percentiles()),
+        "ttft_ms": percentiles_json(e.stats.ttft_window.percentiles()),
+        "tokens": {
+            "input": e.stats.tokens_input.load(Ordering::Relaxed),
+            "output": e.stats.tokens_output.load(Ordering::Relaxed),
+            "cache_read": e.stats.tokens_cache_read.load(Ordering::Relaxed),
+            "cache_write": e.stats.tokens_cache_write.load(Ordering::Relaxed),
+        },
+        "cost_usd": e.stats.cost_usd(),
+        "cache_hit_rate": e.stats.cache_hit_rate(),
         "error_rate": e.recent_error_rate().unwrap_or(if requests == 0 { 0.0 } else { errors as f64 / requests as f64 }),
     })
+}
+
+fn percentiles_json(p: crate::stats::Percentiles) -> serde_json::Value {
+    if p.samples == 0 {
+        json!({"p50": null, "p95": null, "p99": null})
+    } else {
+        json!({"p50": p.p50, "p95": p.p95, "p99": p.p99})
+    }
 }
 
 /// RFC 3339 in UTC, without a date library.
@@ -212,45 +230,6 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
-/// Escapes a Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition of the endpoint state.
-fn metrics(endpoints: &[Arc<Endpoint>]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# HELP llmux_circuit_state Circuit breaker state per endpoint (0 closed, 1 half-open, 2 open).");
-    let _ = writeln!(out, "# TYPE llmux_circuit_state gauge");
-    for e in endpoints {
-        let state = match e.breaker_state() {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        };
-        let _ = writeln!(
-            out,
-            "llmux_circuit_state{{provider=\"{}\",model=\"{}\"}} {state}",
-            label(&e.provider),
-            label(&e.model)
-        );
-    }
-    let _ = writeln!(out, "# HELP llmux_endpoint_healthy Whether the endpoint's last probes succeeded (1) or not (0).");
-    let _ = writeln!(out, "# TYPE llmux_endpoint_healthy gauge");
-    for e in endpoints {
-        let healthy = u8::from(e.health() != Health::Unhealthy && !e.drained());
-        let _ = writeln!(
-            out,
-            "llmux_endpoint_healthy{{provider=\"{}\",model=\"{}\"}} {healthy}",
-            label(&e.provider),
-            label(&e.model)
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,13 +246,5 @@ mod tests {
         assert_eq!(percent_decode("a%2Fb%3Ac"), "a/b:c");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(percent_decode("é%C3%A9%"), "éé%");
-    }
-
-    #[test]
-    fn metrics_text_has_help_type_and_labels() {
-        let e = Arc::new(Endpoint::new("p\"x", "m", None, Default::default()));
-        let text = metrics(&[e]);
-        assert!(text.contains("# TYPE llmux_circuit_state gauge"));
-        assert!(text.contains("llmux_circuit_state{provider=\"p\\\"x\",model=\"m\"} 0"));
     }
 }

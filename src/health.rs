@@ -117,6 +117,8 @@ pub struct Endpoint {
     inner: Mutex<BreakerInner>,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Latency, tokens and spend; shared with the reloaded copy of this endpoint.
+    pub stats: std::sync::Arc<crate::stats::EndpointStats>,
 }
 
 /// What the breaker said about one attempt: a normal pass or a half-open trial.
@@ -159,12 +161,14 @@ impl Endpoint {
             }),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            stats: Default::default(),
         }
     }
 
     /// Updates the breaker policy (after a reload) without losing state.
     pub fn with_policy(&self, policy: BreakerPolicy) -> Endpoint {
-        let e = Endpoint::new(&self.provider, &self.model, self.region.clone(), policy);
+        let mut e = Endpoint::new(&self.provider, &self.model, self.region.clone(), policy);
+        e.stats = self.stats.clone();
         e.state
             .store(self.state.load(Ordering::Acquire), Ordering::Release);
         e.half_open_at
@@ -230,8 +234,14 @@ impl Endpoint {
     pub fn recent_error_rate(&self) -> Option<f64> {
         let inner = self.inner.lock().ok()?;
         let horizon = now_ms().saturating_sub(self.policy.window.as_millis() as u64);
-        let recent: Vec<bool> = inner.window.iter().filter(|(t, _)| *t >= horizon).map(|(_, f)| *f).collect();
-        (!recent.is_empty()).then(|| recent.iter().filter(|f| **f).count() as f64 / recent.len() as f64)
+        let recent: Vec<bool> = inner
+            .window
+            .iter()
+            .filter(|(t, _)| *t >= horizon)
+            .map(|(_, f)| *f)
+            .collect();
+        (!recent.is_empty())
+            .then(|| recent.iter().filter(|f| **f).count() as f64 / recent.len() as f64)
     }
 
     /// Takes the endpoint out of rotation (true) or puts it back (false).

@@ -15,4 +15,6 @@ pub mod proxy;
 pub mod retry_budget;
 pub mod routing;
 pub mod server;
+pub mod stats;
+pub mod telemetry;
 pub mod types;

@@ -77,6 +77,61 @@ impl ChatRequest {
                 .unwrap_or(false)
     }
 
+    /// A quick estimate of the prompt's tokens (about 4 characters a token, plus per-message
+    /// and per-image overheads), for prompt-size buckets and context-window checks.
+    pub fn estimate_prompt_tokens(&self) -> u64 {
+        // (characters of text, tokens of media)
+        fn measure(c: &Content) -> (usize, u64) {
+            match c {
+                Content::Text(t) => (t.len(), 0),
+                Content::Parts(parts) => parts.iter().fold((0, 0), |(chars, media), p| match p {
+                    ContentPart::Text { text, .. } => (chars + text.len(), media),
+                    // A typical image costs a few hundred tokens at any provider.
+                    _ => (chars, media + 765),
+                }),
+            }
+        }
+        let mut chars = 0usize;
+        let mut extra = 0u64;
+        let mut add = |c: &Content, chars: &mut usize| {
+            let (n, media) = measure(c);
+            *chars += n;
+            extra += media;
+        };
+        let mut per_message = 0u64;
+        for m in &self.messages {
+            per_message += 4;
+            match m {
+                Message::System { content: c, .. }
+                | Message::Developer { content: c, .. }
+                | Message::User { content: c, .. }
+                | Message::Tool { content: c, .. } => add(c, &mut chars),
+                Message::Assistant {
+                    content: c,
+                    tool_calls,
+                    ..
+                } => {
+                    if let Some(c) = c {
+                        add(c, &mut chars);
+                    }
+                    for call in tool_calls.iter().flatten() {
+                        chars += call.function.name.len() + call.function.arguments.len();
+                    }
+                }
+            }
+        }
+        for tool in self.tools.iter().flatten() {
+            chars += tool.function.name.len()
+                + tool.function.description.as_deref().map_or(0, str::len)
+                + tool
+                    .function
+                    .parameters
+                    .as_ref()
+                    .map_or(0, |p| p.to_string().len());
+        }
+        (chars as u64).div_ceil(4) + extra + per_message
+    }
+
     /// Checks the rules serde cannot express; the error names the offending field.
     pub fn validate(&self) -> Result<(), GatewayError> {
         if self.model.trim().is_empty() {

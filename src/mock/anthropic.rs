@@ -104,36 +104,37 @@ pub(crate) fn messages(state: &State, req: &Request, body: Option<&Value>) -> Re
     }
     let (model, directives) = split_model(raw_model);
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let answer = || answer(state, body, messages, model, stream);
     respond(
         state,
         &directives,
         stream,
         (Flavor::Anthropic, model),
-        || {
-            let conv = conversation(body, messages, model);
-            let out = plan(&conv);
-            let (cache_read, cache_write, write_1h) =
-                explicit_cache(&state.cache, &conv.transcript.marks);
-            let input = conv.transcript.snapshot().tokens();
-            let usage = Usage {
-                input,
-                output: output_tokens(&out),
-                cache_read,
-                cache_write,
-                write_1h,
-            };
-            let id = rand_id("msg_01", 22);
-            let resp = if stream {
-                Response::sse(
-                    stream_events(&id, model, &out, &usage),
-                    "text/event-stream; charset=utf-8",
-                )
-            } else {
-                Response::json(200, &message(&id, model, &out, &usage))
-            };
-            resp.header("request-id", rand_id("req_011C", 20))
-        },
+        answer,
     )
+}
+
+/// The successful reply (JSON or SSE) for a validated request.
+fn answer(state: &State, body: &Value, messages: &[Value], model: &str, stream: bool) -> Response {
+    let conv = conversation(body, messages, model);
+    let out = plan(&conv);
+    let (cache_read, cache_write, write_1h) = explicit_cache(&state.cache, &conv.transcript.marks);
+    let input = conv.transcript.snapshot().tokens();
+    let usage = Usage {
+        input,
+        output: output_tokens(&out),
+        cache_read,
+        cache_write,
+        write_1h,
+    };
+    let id = rand_id("msg_01", 22);
+    let resp = if stream {
+        let events = stream_events(&id, model, &out, &usage);
+        Response::sse(events, "text/event-stream; charset=utf-8")
+    } else {
+        Response::json(200, &message(&id, model, &out, &usage))
+    };
+    resp.header("request-id", rand_id("req_011C", 20))
 }
 
 /// `Some(is_1h)` when the block carries a `cache_control` breakpoint.
@@ -156,19 +157,19 @@ fn conversation<'a>(body: &'a Value, messages: &'a [Value], model: &str) -> Conv
         }
         t.mark(breakpoint(tool));
     }
-    let system = body.get("system");
-    let system_blocks = list(system);
-    if !system_blocks.is_empty()
-        || system
-            .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty())
-    {
-        t.message("system");
-        t.text(&content_text(system.filter(|s| s.is_string())));
-        for block in system_blocks {
-            t.text(str_at(block, "text").unwrap_or(""));
-            t.mark(breakpoint(block));
+    match body.get("system") {
+        Some(Value::String(system)) if !system.is_empty() => {
+            t.message("system");
+            t.text(system);
         }
+        Some(Value::Array(blocks)) if !blocks.is_empty() => {
+            t.message("system");
+            for block in blocks {
+                t.text(str_at(block, "text").unwrap_or(""));
+                t.mark(breakpoint(block));
+            }
+        }
+        _ => {}
     }
     let (mut last_user_text, mut tool_results) = (String::new(), 0);
     for m in messages {

@@ -146,28 +146,40 @@ pub(crate) fn generate(
     }
     let (model, directives) = split_model(raw_model);
     let sse = stream && req.query("alt") == Some("sse");
-    respond(state, &directives, sse, (Flavor::Gemini, model), || {
-        let conv = conversation(body, contents, model);
-        let out = plan(&conv);
-        let usage = Usage {
-            input: conv.transcript.snapshot().tokens(),
-            output: output_tokens(&out),
-            cache_read: implicit_cached(&state.cache, conv.prefix),
-            ..Usage::default()
-        };
-        let id = rand_id("", 23);
-        let chunks = chunks(&out, stream);
-        let last = chunks.len().saturating_sub(1);
-        let to_body = |(i, p)| response(p, i == last, &usage, model, &id);
-        let mut bodies = chunks.into_iter().enumerate().map(to_body);
-        if sse {
-            Response::sse(bodies.map(|b| sse_event(&b)).collect(), "text/event-stream")
-        } else if stream {
-            pretty(200, &Value::Array(bodies.collect()))
-        } else {
-            pretty(200, &bodies.next().unwrap_or_default())
-        }
-    })
+    let answer = || answer(state, body, contents, model, stream, sse);
+    respond(state, &directives, sse, (Flavor::Gemini, model), answer)
+}
+
+/// The successful reply for a validated request: one JSON object, a JSON array of chunks
+/// (`streamGenerateContent` without `alt=sse`) or SSE.
+fn answer(
+    state: &State,
+    body: &Value,
+    contents: &[Value],
+    model: &str,
+    stream: bool,
+    sse: bool,
+) -> Response {
+    let conv = conversation(body, contents, model);
+    let out = plan(&conv);
+    let usage = Usage {
+        input: conv.transcript.snapshot().tokens(),
+        output: output_tokens(&out),
+        cache_read: implicit_cached(&state.cache, conv.prefix),
+        ..Usage::default()
+    };
+    let id = rand_id("", 23);
+    let chunks = chunks(&out, stream);
+    let last = chunks.len().saturating_sub(1);
+    let to_body = |(i, parts)| response(parts, i == last, &usage, model, &id);
+    let mut bodies = chunks.into_iter().enumerate().map(to_body);
+    if sse {
+        Response::sse(bodies.map(|b| sse_event(&b)).collect(), "text/event-stream")
+    } else if stream {
+        pretty(200, &Value::Array(bodies.collect()))
+    } else {
+        pretty(200, &bodies.next().unwrap_or_default())
+    }
 }
 
 fn parts(content: &Value) -> &[Value] {

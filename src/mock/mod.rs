@@ -57,10 +57,12 @@
 //! unknown N), `retry_after=S`, `latency=MS` (before the response header), `chunk_delay=MS`
 //! (between stream events), `stall=MS` (after the first stream event), `hang` (never answer; hold
 //! the connection until the client closes), `drop` (stream: header + first event, then close
-//! without the terminating chunk; otherwise close without answering). Unknown directives are
-//! ignored. `MockOptions::latency_ms` applies to every response and `chunk_delay_ms` to every
+//! without the terminating chunk; otherwise close without answering), `garbage` (200 with an
+//! HTML body, like a broken proxy in front of the provider). Unknown directives are ignored;
+//! `status=N` also works on OpenAI `GET /v1/models/{id}` so health probes can be failed. `MockOptions::latency_ms` applies to every response and `chunk_delay_ms` to every
 //! stream unless a directive overrides them; `fail_rate` answers that fraction of chat requests
-//! with the flavor's 429 or one of its 5xx (500, and 503 or Anthropic's 529) at random.
+//! with the flavor's 429 or one of its 5xx (500, and 503 or Anthropic's 529) at random, or
+//! always with `fail_status` when that is set.
 
 mod anthropic;
 mod behavior;

@@ -121,30 +121,34 @@ pub(crate) fn chat(state: &State, req: &Request, body: Option<&Value>) -> Respon
     };
     let (model, directives) = split_model(raw_model);
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-    respond(state, &directives, stream, (Flavor::Openai, model), || {
-        let conv = conversation(body, messages, model);
-        let out = plan(&conv);
-        let usage = Usage {
-            input: conv.transcript.snapshot().tokens(),
-            output: output_tokens(&out),
-            cache_read: implicit_cached(&state.cache, conv.prefix),
-            ..Usage::default()
-        };
-        let id = rand_id("chatcmpl-", 29);
-        let resp = if stream {
-            let include_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
-            Response::sse(
-                stream_events(&id, model, &out, &usage, include_usage),
-                SSE_TYPE,
-            )
-        } else {
-            Response::json(200, &completion(&id, model, &out, &usage))
-        };
-        rate_limit_headers(resp, 499)
-            .header("x-request-id", rand_id("req_", 32))
-            .header("openai-processing-ms", "1")
-            .header("openai-version", "2020-10-01")
-    })
+    let answer = || answer(state, body, messages, model, stream);
+    respond(state, &directives, stream, (Flavor::Openai, model), answer)
+}
+
+/// The successful reply (JSON or SSE) for a validated request.
+fn answer(state: &State, body: &Value, messages: &[Value], model: &str, stream: bool) -> Response {
+    let conv = conversation(body, messages, model);
+    let out = plan(&conv);
+    let usage = Usage {
+        input: conv.transcript.snapshot().tokens(),
+        output: output_tokens(&out),
+        cache_read: implicit_cached(&state.cache, conv.prefix),
+        ..Usage::default()
+    };
+    let id = rand_id("chatcmpl-", 29);
+    let resp = if stream {
+        let include_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
+        Response::sse(
+            stream_events(&id, model, &out, &usage, include_usage),
+            SSE_TYPE,
+        )
+    } else {
+        Response::json(200, &completion(&id, model, &out, &usage))
+    };
+    rate_limit_headers(resp, 499)
+        .header("x-request-id", rand_id("req_", 32))
+        .header("openai-processing-ms", "1")
+        .header("openai-version", "2020-10-01")
 }
 
 fn conversation<'a>(body: &'a Value, messages: &'a [Value], model: &str) -> Conversation<'a> {

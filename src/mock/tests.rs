@@ -644,6 +644,28 @@ async fn fail_rate_one_always_fails() {
 }
 
 #[tokio::test]
+async fn fail_status_garbage_and_probe_directives() {
+    let opts = MockOptions {
+        fail_rate: 1.0,
+        fail_status: Some(503),
+        ..MockOptions::default()
+    };
+    let m = start(opts).await;
+    assert_eq!(oai(&m, "gpt-4o", json!({})).await.status, 503);
+    let m = mock().await;
+    let r = oai(&m, "gpt-4o@garbage", json!({})).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("text/html"))
+    );
+    assert!(r.json().is_null(), "not JSON");
+    assert_eq!(
+        get(&m, "/v1/models/gpt-4o@status=503", OAI).await.status,
+        503
+    );
+}
+
+#[tokio::test]
 async fn drop_directive() {
     let m = mock().await;
     let r = oai(&m, "gpt-4o@drop", json!({"stream": true})).await;

@@ -332,6 +332,7 @@ impl Ctx<'_> {
     }
 }
 
+/// `json_object`, or `json_schema` without a schema: answered through [`JSON_TOOL`].
 fn json_object_mode(req: &ChatRequest) -> bool {
     match &req.response_format {
         Some(ResponseFormat::JsonObject) => true,
@@ -340,6 +341,7 @@ fn json_object_mode(req: &ChatRequest) -> bool {
     }
 }
 
+/// The whole OpenAI -> Anthropic request mapping; each step says which rule it follows.
 fn build_body(
     cx: &Ctx,
     req: &ChatRequest,

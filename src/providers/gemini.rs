@@ -44,7 +44,7 @@ use crate::types::{
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// Separates a tool-call id from the Gemini thought signature carried inside it.
@@ -266,6 +266,10 @@ impl GeminiAdapter {
                     .as_str()
                     .is_some_and(|n| keep.iter().any(|k| k == n))
             });
+            if declarations.is_empty() {
+                // Nothing may be called: no tools at all, and no config for them.
+                calling.clear();
+            }
         }
         if let Some(false) = req.parallel_tool_calls {
             self.unsupported(
@@ -572,7 +576,7 @@ struct Conversation {
     /// Calls of the latest model turn.
     open: Vec<OpenCall>,
     /// Ids of every earlier call, for a clearer error than "unknown".
-    earlier: HashMap<String, String>,
+    earlier: HashSet<String>,
     /// `functionResponse` parts of the current run of `tool` messages, with their call index.
     responses: Vec<(usize, Value)>,
 }
@@ -705,7 +709,7 @@ impl Conversation {
         if (!calls.is_empty() || !parts.is_empty()) && !continues_model_turn {
             self.check_answered()?;
             for call in self.open.drain(..) {
-                self.earlier.insert(call.base_id, call.name);
+                self.earlier.insert(call.base_id);
             }
         }
         for (j, call) in calls.iter().enumerate() {
@@ -731,7 +735,7 @@ impl Conversation {
     fn tool(&mut self, content: &Content, id: &str, at: &str) -> Result<(), GatewayError> {
         let (base, _) = decode_tool_call_id(id);
         let Some(index) = self.open.iter().position(|c| c.base_id == base) else {
-            let why = if self.earlier.contains_key(base) {
+            let why = if self.earlier.contains(base) {
                 "answers a call of an earlier assistant turn, not the one just before it"
             } else {
                 "matches no tool call of an earlier assistant message"

@@ -146,6 +146,7 @@ impl BaseUrl {
 /// (for `mock` it may point at the in-process fake).
 pub fn build_adapter(cfg: &ProviderConfig, base: &BaseUrl) -> Result<Arc<dyn Adapter>, String> {
     match cfg.kind {
+        ProviderKind::Anthropic => Ok(Arc::new(anthropic::AnthropicAdapter::new(cfg, base)?)),
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => Ok(Arc::new(
             openai::OpenAiAdapter::new(cfg, base, openai::Dialect::for_kind(cfg.kind)),
         )),

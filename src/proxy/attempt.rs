@@ -12,6 +12,7 @@ use super::GatewayState;
 use crate::health::Outcome;
 use crate::providers::{StreamTranslator, UpstreamRequest};
 use crate::routing::{RoutingTable, Target};
+use crate::stats::Sample;
 use crate::types::{ChatRequest, FailureKind, GatewayError, UpstreamFailure, Usage};
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
@@ -50,7 +51,8 @@ struct Served {
     ttft: Option<Duration>,
 }
 
-/// Runs the plan for one parsed request and writes the client's response.
+/// Runs the plan for one parsed request and writes the client's response; counts the
+/// request in `llmux_requests_total` whatever the outcome.
 pub(super) async fn run(
     state: &GatewayState,
     session: &mut Session,
@@ -60,6 +62,37 @@ pub(super) async fn run(
     rid: &str,
     started: Instant,
 ) -> Result<(), GatewayError> {
+    let mut last_provider = String::new();
+    let result = run_plan(
+        state,
+        session,
+        table,
+        req,
+        plan,
+        rid,
+        started,
+        &mut last_provider,
+    )
+    .await;
+    if let Err(e) = &result {
+        state.metrics.request(&req.model, &last_provider, &e.code());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_plan(
+    state: &GatewayState,
+    session: &mut Session,
+    table: &RoutingTable,
+    req: &ChatRequest,
+    plan: Vec<Target>,
+    rid: &str,
+    started: Instant,
+    last_provider: &mut String,
+) -> Result<(), GatewayError> {
+    // Time spent waiting on providers (and in backoff), so overhead = total - this.
+    let mut upstream_time = Duration::ZERO;
     let deadline = started + table.limits.request_timeout;
     let mut last: Option<UpstreamFailure> = None;
     let mut attempts = 0u32;
@@ -67,7 +100,10 @@ pub(super) async fn run(
     let max_attempts = table.limits.max_attempts as usize;
     // Targets in plan order; with fewer targets than `max_attempts` the order repeats, and
     // an endpoint tried again waits a short jittered backoff first.
-    let sequence = plan.iter().cycle().take(max_attempts.max(plan.len()) + plan.len());
+    let sequence = plan
+        .iter()
+        .cycle()
+        .take(max_attempts.max(plan.len()) + plan.len());
     for (i, target) in sequence.enumerate() {
         if attempts as usize >= max_attempts || Instant::now() >= deadline {
             break;
@@ -76,6 +112,7 @@ pub(super) async fn run(
         if round > 0 {
             let pause = backoff(round).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
+            upstream_time += pause;
         }
         // The breaker decides right before the attempt (a half-open trial is taken here).
         let Some(permit) = target.endpoint.acquire() else {
@@ -94,6 +131,8 @@ pub(super) async fn run(
                 return Err(e);
             }
         };
+        *last_provider = target.provider.name.clone();
+        let attempt_started = Instant::now();
         let result = attempt(
             state,
             session,
@@ -105,6 +144,7 @@ pub(super) async fn run(
             rid,
         )
         .await;
+        upstream_time += attempt_started.elapsed();
         match result {
             Ok(served) => {
                 let outcome = if served.broken {
@@ -113,11 +153,37 @@ pub(super) async fn run(
                     Outcome::Success
                 };
                 target.endpoint.record(permit, outcome, None);
+                let result = if served.broken {
+                    "stream_error"
+                } else {
+                    "success"
+                };
+                state
+                    .metrics
+                    .attempt(&target.provider.name, &target.model, result);
+                state
+                    .metrics
+                    .request(&req.model, &target.provider.name, "success");
+                let duration = started.elapsed();
+                target.endpoint.stats.record(&Sample {
+                    duration,
+                    ttft: served.ttft,
+                    overhead: duration.saturating_sub(upstream_time),
+                    prompt_tokens_estimate: req.estimate_prompt_tokens(),
+                    tokens: served.usage.as_ref().map(Usage::token_counts),
+                    cost_usd: None,
+                });
                 log_served(rid, req, target, &served, attempts, started);
                 return Ok(());
             }
             Err(AttemptError::ClientGone) => {
                 target.endpoint.record(permit, Outcome::Neutral, None);
+                state
+                    .metrics
+                    .attempt(&target.provider.name, &target.model, "client_closed");
+                state
+                    .metrics
+                    .request(&req.model, &target.provider.name, "client_closed");
                 log::debug!("request_id={rid} client went away during attempt {attempts}");
                 return Ok(());
             }
@@ -132,6 +198,9 @@ pub(super) async fn run(
                 target
                     .endpoint
                     .record(permit, outcome_of(&failure), failure.retry_after);
+                state
+                    .metrics
+                    .attempt(&target.provider.name, &target.model, result_label(&failure));
                 if !failure.retryable() {
                     return Err(GatewayError::Upstream { failure, attempts });
                 }
@@ -168,6 +237,18 @@ pub(super) async fn run(
 fn backoff(round: usize) -> Duration {
     let base = 100u64 << (round - 1).min(4);
     Duration::from_millis(base / 2 + fastrand::u64(0..=base))
+}
+
+/// The `result` label of `llmux_attempts_total` for a failed attempt.
+fn result_label(f: &UpstreamFailure) -> &'static str {
+    match f.kind {
+        FailureKind::Connect => "connect_error",
+        FailureKind::Timeout => "timeout",
+        FailureKind::Protocol => "protocol_error",
+        FailureKind::Status(429) => "status_429",
+        FailureKind::Status(s) if s >= 500 => "status_5xx",
+        FailureKind::Status(_) => "status_4xx",
+    }
 }
 
 /// What an upstream failure says about the endpoint: a request the provider refused as

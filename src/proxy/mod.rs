@@ -35,6 +35,8 @@ pub struct GatewayState {
     pub draining: AtomicBool,
     /// Requests being served now, so shutdown can wait for them.
     pub in_flight: AtomicUsize,
+    /// Request and attempt counters for `/metrics`.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 impl GatewayState {
@@ -46,6 +48,7 @@ impl GatewayState {
             resolver: Resolver::default(),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            metrics: Default::default(),
         }
     }
 }
@@ -161,7 +164,10 @@ impl Gateway {
         let any_endpoint = if table.endpoints.is_empty() {
             !table.providers.is_empty()
         } else {
-            table.endpoints.iter().any(|e| e.unavailable_for().is_none())
+            table
+                .endpoints
+                .iter()
+                .any(|e| e.unavailable_for().is_none())
         };
         let ready = !self.state.draining.load(Ordering::Acquire) && any_endpoint;
         let (status, body) = if ready {
