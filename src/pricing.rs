@@ -152,6 +152,40 @@ const BUILTIN: &[Row] = &[
     ("qwen3.8-flash",                0.15,   Some(0.016),   Some(0.20),    None,         0.47,    Some(991_808),     Some(131_072),  None),
 ];
 
+/// A built-in row as a catalog entry.
+fn row_price(row: &Row) -> (String, Price) {
+    let (
+        id,
+        input,
+        cached_input,
+        cache_write,
+        cache_write_1h,
+        output,
+        context_window,
+        max_output,
+        tier,
+    ) = *row;
+    // Tier tuple: (threshold, input, cached input, cache write, output).
+    let long_context = tier.map(|t| LongContext {
+        threshold: t.0,
+        input: t.1,
+        cached_input: t.2,
+        cache_write: t.3,
+        output: t.4,
+    });
+    let price = Price {
+        input,
+        cached_input,
+        cache_write,
+        cache_write_1h,
+        output,
+        long_context,
+        context_window,
+        max_output,
+    };
+    (id.to_string(), price)
+}
+
 /// Bedrock cross-region inference-profile prefixes (`us.anthropic.claude-…`).
 const GEO_PREFIXES: &[&str] = &[
     "us", "eu", "apac", "ap", "global", "jp", "au", "ca", "us-gov",
@@ -166,44 +200,7 @@ impl Catalog {
     /// The built-in snapshot (docs/providers.md §12–§13) for the models of every supported
     /// provider, so cost works with no `price_catalog:` file.
     pub fn builtin() -> Catalog {
-        let entries = BUILTIN
-            .iter()
-            .map(
-                |&(
-                    id,
-                    input,
-                    cached_input,
-                    cache_write,
-                    cache_write_1h,
-                    output,
-                    context_window,
-                    max_output,
-                    tier,
-                )| {
-                    let long_context =
-                        tier.map(|(threshold, input, cached_input, cache_write, output)| {
-                            LongContext {
-                                threshold,
-                                input,
-                                output,
-                                cached_input,
-                                cache_write,
-                            }
-                        });
-                    let price = Price {
-                        input,
-                        cached_input,
-                        cache_write,
-                        cache_write_1h,
-                        output,
-                        long_context,
-                        context_window,
-                        max_output,
-                    };
-                    (id.to_string(), price)
-                },
-            )
-            .collect();
+        let entries = BUILTIN.iter().map(row_price).collect();
         Catalog {
             entries,
             overrides: HashMap::new(),
@@ -1179,6 +1176,34 @@ mod tests {
             "arn:aws:x",
         ] {
             assert_eq!(c.price("p", "openai", model), None, "{model:?}");
+        }
+    }
+
+    #[test]
+    fn odd_model_ids_do_not_panic() {
+        let c = Catalog::builtin();
+        for model in [
+            "é-2024-07-18",
+            "ééééééééééé",
+            "éééé-2024-07-1é",
+            "a-ü",
+            "x@",
+            "@x",
+            ":",
+            "-v",
+            "ü.ü",
+            "models/ü",
+            "arn:/",
+            "us.",
+            "..",
+            "-",
+            "@",
+            "gpt-4o-mini-ééé",
+            "\u{0}",
+            "claude-opus-4-8-v9999999999999999999999",
+        ] {
+            let _ = candidates(model);
+            let _ = c.price("p", "bedrock", model);
         }
     }
 

@@ -18,6 +18,8 @@ pub(crate) struct Directives {
     pub(crate) drop: bool,
     /// Answer 200 with a body that is not the provider's format (a broken upstream).
     pub(crate) garbage: bool,
+    /// Gemini: block the prompt for safety (HTTP 200, no candidates, `promptFeedback`).
+    pub(crate) blocked: bool,
 }
 
 /// Delays are capped at a day so no directive can overflow a timer.
@@ -47,6 +49,7 @@ pub(crate) fn split_model(raw: &str) -> (&str, Directives) {
             "hang" => d.hang = true,
             "drop" => d.drop = true,
             "garbage" => d.garbage = true,
+            "blocked" => d.blocked = true,
             other => log::warn!("mock: ignoring unknown directive {other:?}"),
         }
     }

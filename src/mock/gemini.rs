@@ -146,6 +146,26 @@ pub(crate) fn generate(
     }
     let (model, directives) = split_model(raw_model);
     let sse = stream && req.query("alt") == Some("sse");
+    if directives.blocked {
+        // As the real API does: HTTP 200, no candidates, the reason in promptFeedback.
+        let blocked = json!({
+            "promptFeedback": {
+                "blockReason": "SAFETY",
+                "safetyRatings": [
+                    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true},
+                    {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"}
+                ]
+            },
+            "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+            "modelVersion": model,
+            "responseId": rand_id("", 23),
+        });
+        return if sse {
+            Response::sse(vec![sse_event(&blocked)], "text/event-stream")
+        } else {
+            pretty(200, &blocked)
+        };
+    }
     let answer = || answer(state, body, contents, model, stream, sse);
     respond(state, &directives, sse, (Flavor::Gemini, model), answer)
 }

@@ -147,6 +147,7 @@ impl BaseUrl {
 pub fn build_adapter(cfg: &ProviderConfig, base: &BaseUrl) -> Result<Arc<dyn Adapter>, String> {
     match cfg.kind {
         ProviderKind::Anthropic => Ok(Arc::new(anthropic::AnthropicAdapter::new(cfg, base)?)),
+        ProviderKind::Gemini => Ok(Arc::new(gemini::GeminiAdapter::new(cfg, base)?)),
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => Ok(Arc::new(
             openai::OpenAiAdapter::new(cfg, base, openai::Dialect::for_kind(cfg.kind)),
         )),
