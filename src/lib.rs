@@ -10,6 +10,7 @@ pub mod config;
 pub mod dns;
 pub mod health;
 pub mod mock;
+pub mod pricing;
 pub mod providers;
 pub mod proxy;
 pub mod retry_budget;

@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             let path = config_path(config);
             match llmux::config::load(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|cfg| llmux::server::check_table(&cfg))
+                .and_then(|cfg| llmux::server::check_table(&cfg, &llmux::server::config_dir(&path)))
             {
                 Ok(()) => {
                     println!("{}: ok", path.display());

@@ -5,6 +5,7 @@
 
 use crate::config::{Config, ProbeConfig, ProviderKind, Strategy, Timeouts};
 use crate::health::{BreakerPolicy, Endpoint};
+use crate::pricing::{Catalog, Price};
 use crate::providers::{self, Adapter, BaseUrl};
 use crate::retry_budget::RetryBudget;
 use crate::types::GatewayError;
@@ -35,6 +36,8 @@ pub struct Target {
     pub weight: u32,
     /// Breaker, health and drain state, shared by every alias that routes here.
     pub endpoint: Arc<Endpoint>,
+    /// The model's price and limits from the catalog (None: unknown, cost not reported).
+    pub price: Option<Arc<Price>>,
 }
 
 impl std::fmt::Debug for Target {
@@ -74,6 +77,25 @@ pub struct RoutingTable {
     /// Active probe period.
     pub health_interval: Duration,
     breaker: BreakerPolicy,
+    /// Prices: the built-in snapshot, the `price_catalog` file, then `pricing:` overrides.
+    pub catalog: Arc<Catalog>,
+}
+
+/// Loads the price catalog a config asks for (`price_catalog` is relative to `config_dir`).
+pub fn load_catalog(cfg: &Config, config_dir: &std::path::Path) -> Result<Catalog, String> {
+    let mut catalog = Catalog::builtin();
+    if let Some(file) = cfg.price_catalog.as_deref().filter(|f| !f.is_empty()) {
+        let path = config_dir.join(file);
+        let bytes =
+            std::fs::read(&path).map_err(|e| format!("price_catalog {}: {e}", path.display()))?;
+        catalog
+            .merge_litellm(&bytes)
+            .map_err(|e| format!("price_catalog {}: {e}", path.display()))?;
+    }
+    catalog
+        .apply_overrides(&cfg.pricing)
+        .map_err(|e| format!("pricing: {e}"))?;
+    Ok(catalog)
 }
 
 /// Retries always allowed per 10 s, whatever the traffic.
@@ -89,6 +111,7 @@ impl RoutingTable {
         cfg: &Config,
         local_addrs: &HashMap<String, SocketAddr>,
         previous: Option<&RoutingTable>,
+        catalog: Catalog,
     ) -> Result<Self, String> {
         let breaker = BreakerPolicy {
             failure_threshold: cfg.circuit_breaker.failure_threshold.max(1),
@@ -150,11 +173,19 @@ impl RoutingTable {
                     endpoints.push(e.clone());
                     e
                 });
+                let price = catalog
+                    .price(&provider.name, provider.kind.as_str(), &t.model)
+                    .cloned()
+                    .map(Arc::new);
+                if price.is_none() {
+                    crate::pricing::warn_unknown_once(&provider.name, &t.model);
+                }
                 targets.push(Target {
                     provider: provider.clone(),
                     model: t.model.clone(),
                     weight: t.weight.unwrap_or(1),
                     endpoint,
+                    price,
                 });
             }
             model_ids.push(m.name.clone());
@@ -206,6 +237,7 @@ impl RoutingTable {
             },
             health_interval: cfg.health_checks.interval.0,
             breaker,
+            catalog: Arc::new(catalog),
         })
     }
 
@@ -218,7 +250,15 @@ impl RoutingTable {
 
     /// The ordered targets for one request: an alias, or `provider/model` for any configured
     /// provider; `pinned` (the `x-llmux-provider` header) keeps only that provider's targets.
-    pub fn plan(&self, model: &str, pinned: Option<&str>) -> Result<Vec<Target>, GatewayError> {
+    ///
+    /// Targets whose context window (from the catalog) cannot hold `prompt_tokens` are
+    /// skipped; when none can, the answer is 400 `context_length_exceeded` before any call.
+    pub fn plan(
+        &self,
+        model: &str,
+        pinned: Option<&str>,
+        prompt_tokens: u64,
+    ) -> Result<Vec<Target>, GatewayError> {
         let mut targets = if let Some(route) = self.routes.get(model) {
             order(route)
         } else if let Some((provider, upstream)) = model.split_once('/').and_then(|(p, m)| {
@@ -239,11 +279,17 @@ impl RoutingTable {
                         self.breaker,
                     ))
                 });
+            let price = self
+                .catalog
+                .price(&provider.name, provider.kind.as_str(), upstream)
+                .cloned()
+                .map(Arc::new);
             vec![Target {
                 provider: provider.clone(),
                 model: upstream.to_owned(),
                 weight: 1,
                 endpoint,
+                price,
             }]
         } else {
             return Err(GatewayError::ModelNotFound {
@@ -265,6 +311,25 @@ impl RoutingTable {
                 ));
             }
         }
+        let fits = |t: &Target| {
+            t.price
+                .as_ref()
+                .and_then(|p| p.context_window)
+                .is_none_or(|w| prompt_tokens <= w)
+        };
+        if !targets.iter().any(fits) {
+            let largest = targets
+                .iter()
+                .filter_map(|t| t.price.as_ref()?.context_window)
+                .max()
+                .unwrap_or(0);
+            return Err(GatewayError::ContextLengthExceeded {
+                message: format!(
+                    "The prompt is about {prompt_tokens} tokens, more than the context window of every target of `{model}` (largest: {largest})"
+                ),
+            });
+        }
+        targets.retain(fits);
         // Skip open, cooling-down, unhealthy and drained endpoints without an attempt.
         let mut soonest: Option<Duration> = None;
         targets.retain(|t| match t.endpoint.unavailable_for() {
@@ -375,7 +440,7 @@ mod tests {
 
     fn table(yaml: &str) -> RoutingTable {
         let cfg: Config = serde_yaml::from_str(yaml).unwrap();
-        RoutingTable::build(&cfg, &HashMap::new(), None).unwrap()
+        RoutingTable::build(&cfg, &HashMap::new(), None, Catalog::builtin()).unwrap()
     }
 
     const YAML: &str = r#"
@@ -396,21 +461,27 @@ server:
     #[test]
     fn plans_alias_direct_and_pinned() {
         let t = table(YAML);
-        let plan = t.plan("chat", None).unwrap();
+        let plan = t.plan("chat", None, 10).unwrap();
         assert_eq!(
             plan.iter().map(|t| t.model.as_str()).collect::<Vec<_>>(),
             ["m1", "m2"]
         );
-        let plan = t.plan("b/some-model", None).unwrap();
+        let plan = t.plan("b/some-model", None, 10).unwrap();
         assert_eq!(
             (plan[0].provider.name.as_str(), plan[0].model.as_str()),
             ("b", "some-model")
         );
-        let plan = t.plan("chat", Some("b")).unwrap();
+        let plan = t.plan("chat", Some("b"), 10).unwrap();
         assert_eq!(plan.len(), 1);
-        assert_eq!(t.plan("nope", None).unwrap_err().code(), "model_not_found");
-        assert_eq!(t.plan("zz/m", None).unwrap_err().code(), "model_not_found");
-        assert_eq!(t.plan("chat", Some("zz")).unwrap_err().status(), 400);
+        assert_eq!(
+            t.plan("nope", None, 10).unwrap_err().code(),
+            "model_not_found"
+        );
+        assert_eq!(
+            t.plan("zz/m", None, 10).unwrap_err().code(),
+            "model_not_found"
+        );
+        assert_eq!(t.plan("chat", Some("zz"), 10).unwrap_err().status(), 400);
         assert_eq!(t.model_ids, ["chat", "w", "a/m1", "b/m2"]);
     }
 
@@ -418,7 +489,7 @@ server:
     fn weighted_order_follows_weights() {
         let t = table(YAML);
         let firsts = (0..2000)
-            .filter(|_| t.plan("w", None).unwrap()[0].provider.name == "a")
+            .filter(|_| t.plan("w", None, 10).unwrap()[0].provider.name == "a")
             .count();
         assert!(
             (1300..1700).contains(&firsts),

@@ -40,7 +40,7 @@ fn check_listen(what: &str, addr: &str) -> Result<(), String> {
 /// Runs the gateway until SIGTERM (drain, then exit) or SIGINT (exit now).
 pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), String> {
     let cfg = config::load(config_path).map_err(|e| e.to_string())?;
-    let table = build_table(&cfg, None)?;
+    let table = build_table(&cfg, None, &config_dir(config_path))?;
     let listen = overrides
         .listen
         .unwrap_or_else(|| cfg.server.listen.clone());
@@ -113,8 +113,21 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
     Ok(())
 }
 
-/// Builds a routing table, starting in-process fakes for `mock` providers without a URL.
-pub fn build_table(cfg: &Config, previous: Option<&RoutingTable>) -> Result<RoutingTable, String> {
+/// The folder relative paths in a config file are resolved against.
+pub fn config_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Builds a routing table (and its price catalog), starting in-process fakes for `mock`
+/// providers without a URL.
+pub fn build_table(
+    cfg: &Config,
+    previous: Option<&RoutingTable>,
+    config_dir: &Path,
+) -> Result<RoutingTable, String> {
+    let catalog = crate::routing::load_catalog(cfg, config_dir)?;
     let mut local = HashMap::new();
     for p in cfg
         .providers
@@ -134,7 +147,7 @@ pub fn build_table(cfg: &Config, previous: Option<&RoutingTable>) -> Result<Rout
         )?;
         local.insert(p.name.clone(), addr);
     }
-    RoutingTable::build(cfg, &local, previous)
+    RoutingTable::build(cfg, &local, previous, catalog)
 }
 
 /// Hosts the in-process fake providers on their own small runtime, for the life of the
@@ -260,7 +273,7 @@ impl Reload for Reloader {
         }
         let cfg = config::load(&self.path).map_err(|e| e.to_string())?;
         let old = self.state.table.load_full();
-        let table = build_table(&cfg, Some(&old))?;
+        let table = build_table(&cfg, Some(&old), &config_dir(&self.path))?;
         self.state.table.store(Arc::new(table));
         Ok(())
     }
@@ -350,12 +363,13 @@ impl ShutdownSignalWatch for Signals {
 
 /// What `llmux check` verifies beyond the config file itself: that the routing table
 /// builds (base URLs parse, every kind has an adapter), without starting anything.
-pub fn check_table(cfg: &Config) -> Result<(), String> {
+pub fn check_table(cfg: &Config, config_dir: &Path) -> Result<(), String> {
     let local: HashMap<String, SocketAddr> = cfg
         .providers
         .iter()
         .filter(|p| p.kind == ProviderKind::Mock && p.base_url.is_none())
         .map(|p| (p.name.clone(), SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect();
-    RoutingTable::build(cfg, &local, None).map(|_| ())
+    let catalog = crate::routing::load_catalog(cfg, config_dir)?;
+    RoutingTable::build(cfg, &local, None, catalog).map(|_| ())
 }

@@ -25,7 +25,9 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not serialised from here: each adapter writes (or translates) it, because llmux asks
+    /// upstreams for usage even when the client did not.
+    #[serde(skip_serializing)]
     pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<Tool>>,

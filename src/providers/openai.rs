@@ -83,8 +83,19 @@ impl OpenAiAdapter {
 #[derive(Serialize)]
 struct OutgoingRequest<'a> {
     model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<OutgoingStreamOptions<'a>>,
     #[serde(flatten)]
     request: &'a ChatRequest,
+}
+
+/// `stream_options` as sent upstream: usage is always requested, so a stream is priced
+/// like the same completion without stream; the client's other options pass through.
+#[derive(Serialize)]
+struct OutgoingStreamOptions<'a> {
+    include_usage: bool,
+    #[serde(flatten)]
+    extra: Option<&'a crate::types::Extra>,
 }
 
 /// The few fields of a response llmux needs; everything else passes through unparsed.
@@ -130,8 +141,13 @@ impl Adapter for OpenAiAdapter {
         req: &ChatRequest,
         model: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
+        let stream_options = req.stream.then(|| OutgoingStreamOptions {
+            include_usage: true,
+            extra: req.stream_options.as_ref().map(|o| &o.extra),
+        });
         let body = serde_json::to_vec(&OutgoingRequest {
             model,
+            stream_options,
             request: req,
         })
         .map_err(|e| GatewayError::Internal {
@@ -175,8 +191,9 @@ impl Adapter for OpenAiAdapter {
         })
     }
 
-    fn stream_translator(&self, _req: &ChatRequest, _model: &str) -> Box<dyn StreamTranslator> {
+    fn stream_translator(&self, req: &ChatRequest, _model: &str) -> Box<dyn StreamTranslator> {
         Box::new(PassthroughStream {
+            client_wants_usage: req.wants_stream_usage(),
             provider: self.name.clone(),
             api_key: self.api_key.clone(),
             framer: SseFramer::default(),
@@ -244,6 +261,8 @@ pub fn openai_error(
 
 /// Forwards an OpenAI stream event by event, untouched.
 struct PassthroughStream {
+    /// The client asked for the usage chunk; otherwise it is read and not forwarded.
+    client_wants_usage: bool,
     provider: String,
     api_key: String,
     framer: SseFramer,
@@ -276,11 +295,17 @@ impl PassthroughStream {
             }
         } else if contains(data, b"\"usage\":{") || contains(data, b"\"usage\": {") {
             #[derive(Deserialize)]
-            struct UsageOnly {
+            struct UsageChunk {
                 usage: Option<Usage>,
+                #[serde(default)]
+                choices: Vec<serde::de::IgnoredAny>,
             }
-            if let Ok(u) = serde_json::from_slice::<UsageOnly>(data) {
+            if let Ok(u) = serde_json::from_slice::<UsageChunk>(data) {
                 self.usage = u.usage.or(self.usage.take());
+                if u.choices.is_empty() && !self.client_wants_usage {
+                    // llmux asked for this usage-only chunk; the client did not.
+                    return Ok(());
+                }
             }
         }
         out.extend_from_slice(&event);

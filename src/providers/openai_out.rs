@@ -269,9 +269,102 @@ impl ChunkWriter {
     }
 }
 
+/// Adds `"cost_usd": cost` to the top-level `usage` object of a JSON body, with a byte scan
+/// instead of a re-parse (the body may be a provider's untouched bytes). None when the body
+/// has no top-level `usage` object.
+pub fn insert_usage_cost(json: &[u8], cost: f64) -> Option<Vec<u8>> {
+    let close = usage_object_end(json)?;
+    let mut out = Vec::with_capacity(json.len() + 32);
+    out.extend_from_slice(&json[..close]);
+    // An empty object `{}` needs no comma.
+    let before = json[..close]
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace());
+    if before != Some(&b'{') {
+        out.push(b',');
+    }
+    out.extend_from_slice(format!("\"cost_usd\":{}", format_cost(cost)).as_bytes());
+    out.extend_from_slice(&json[close..]);
+    Some(out)
+}
+
+/// A cost as JSON/header text: plain decimal, up to 12 places, no exponent.
+pub fn format_cost(cost: f64) -> String {
+    let s = format!("{cost:.12}");
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_owned()
+}
+
+/// The index of the `}` closing the top-level `"usage": {...}` object.
+fn usage_object_end(json: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut usage_start = None;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    if json[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if depth == 1
+                    && usage_start.is_none()
+                    && &json[start..=i.min(json.len() - 1)] == b"\"usage\""
+                {
+                    // A key at the top level: the value must be an object.
+                    let mut j = i + 1;
+                    while j < json.len() && (json[j].is_ascii_whitespace() || json[j] == b':') {
+                        j += 1;
+                    }
+                    if json.get(j) == Some(&b'{') {
+                        usage_start = Some(depth);
+                        depth += 1;
+                        i = j;
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if usage_start == Some(depth) && json[i] == b'}' {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inserts_cost_into_top_level_usage_only() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"a \"usage\":{} }"}}],"usage":{"prompt_tokens":3,"nested":{"a":1}},"z":1}"#;
+        let out = insert_usage_cost(body, 0.000123).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["usage"]["cost_usd"], 0.000123);
+        assert_eq!(v["usage"]["nested"]["a"], 1);
+        assert_eq!(v["choices"][0]["message"]["content"], "a \"usage\":{} }");
+        let out = insert_usage_cost(br#"{"usage": { }}"#, 1.5).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()["usage"]["cost_usd"],
+            1.5
+        );
+        assert!(insert_usage_cost(br#"{"usage":null}"#, 1.0).is_none());
+        assert!(insert_usage_cost(br#"{"choices":[{"usage":{}}]}"#, 1.0).is_none());
+        assert!(insert_usage_cost(b"{\"usage\":{", 1.0).is_none());
+        assert_eq!(format_cost(0.00012), "0.00012");
+        assert_eq!(format_cost(2.0), "2");
+    }
 
     #[test]
     fn chunk_sequence_follows_openai_rules() {

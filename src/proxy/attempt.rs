@@ -10,6 +10,7 @@
 use super::respond;
 use super::GatewayState;
 use crate::health::Outcome;
+use crate::providers::openai_out::{format_cost, insert_usage_cost};
 use crate::providers::{StreamTranslator, UpstreamRequest};
 use crate::routing::{RoutingTable, Target};
 use crate::stats::Sample;
@@ -49,6 +50,8 @@ struct Served {
     broken: bool,
     usage: Option<Usage>,
     ttft: Option<Duration>,
+    /// USD, when the model's price and the usage are known.
+    cost: Option<f64>,
 }
 
 /// Runs the plan for one parsed request and writes the client's response; counts the
@@ -171,7 +174,7 @@ async fn run_plan(
                     overhead: duration.saturating_sub(upstream_time),
                     prompt_tokens_estimate: req.estimate_prompt_tokens(),
                     tokens: served.usage.as_ref().map(Usage::token_counts),
-                    cost_usd: None,
+                    cost_usd: served.cost,
                 });
                 log_served(rid, req, target, &served, attempts, started);
                 return Ok(());
@@ -361,7 +364,16 @@ async fn attempt(
         let body = read.map_err(|_| timed_out())??;
         let translated = provider.adapter.chat_response(req, &target.model, &body)?;
         release(state, up, &peer).await;
-        respond::json(session, 200, translated.body, rid, &extra(false))
+        let cost = cost_of(target, translated.usage.as_ref());
+        let mut headers = extra(false);
+        let mut body = translated.body;
+        if let Some(c) = cost {
+            headers.push(("x-llmux-cost-usd", format_cost(c)));
+            if let Some(with_cost) = insert_usage_cost(&body, c) {
+                body = Bytes::from(with_cost);
+            }
+        }
+        respond::json(session, 200, body, rid, &headers)
             .await
             .map_err(|_| AttemptError::ClientGone)?;
         return Ok(Served {
@@ -369,11 +381,13 @@ async fn attempt(
             broken: false,
             usage: translated.usage,
             ttft: None,
+            cost,
         });
     }
 
     // Stream: read until the translator has the first bytes for the client.
     let mut translator = provider.adapter.stream_translator(req, &target.model);
+    let mut tagger = CostTagger { target, cost: None };
     let mut out = BytesMut::new();
     let mut ended = false;
     up.set_read_timeout(Some(provider.timeouts.idle.0));
@@ -391,6 +405,7 @@ async fn attempt(
         }
     }
     let ttft = sent_at.elapsed();
+    tagger.tag(translator.as_ref(), &mut out);
     let head = respond::header(200, "text/event-stream; charset=utf-8", rid, &extra(true))
         .map_err(|_| AttemptError::ClientGone)?;
     let mut head = head;
@@ -408,6 +423,7 @@ async fn attempt(
             session,
             &mut up,
             translator.as_mut(),
+            &mut tagger,
             provider.timeouts.idle.0,
             deadline,
             attempts,
@@ -416,12 +432,61 @@ async fn attempt(
     if clean_end {
         release(state, up, &peer).await;
     }
+    let usage = translator.usage();
     Ok(Served {
         status: 200,
         broken: !clean_end,
-        usage: translator.usage(),
+        cost: tagger.cost.or_else(|| cost_of(target, usage.as_ref())),
+        usage,
         ttft: Some(ttft),
     })
+}
+
+/// USD for a served request, when both the price and the usage are known.
+fn cost_of(target: &Target, usage: Option<&Usage>) -> Option<f64> {
+    let price = target.price.as_deref()?;
+    Some(crate::pricing::cost(price, &usage?.token_counts(), 0))
+}
+
+/// Writes `cost_usd` into the stream's usage chunk when it goes by.
+struct CostTagger<'a> {
+    target: &'a Target,
+    cost: Option<f64>,
+}
+
+impl CostTagger<'_> {
+    fn tag(&mut self, translator: &dyn StreamTranslator, out: &mut BytesMut) {
+        if self.cost.is_some() || out.is_empty() {
+            return;
+        }
+        let Some(usage) = translator.usage() else {
+            return;
+        };
+        let Some(cost) = cost_of(self.target, Some(&usage)) else {
+            return;
+        };
+        let needle: &[u8] = b"\"usage\":{";
+        let Some(at) = out.windows(needle.len()).position(|w| w == needle) else {
+            return;
+        };
+        // The event holding it: from the `data: ` before it to the blank line after it.
+        let start = out[..at]
+            .windows(6)
+            .rposition(|w| w == b"data: ")
+            .map_or(0, |i| i + 6);
+        let end = out[at..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map_or(out.len(), |i| at + i);
+        if let Some(json) = insert_usage_cost(&out[start..end], cost) {
+            let mut rebuilt = BytesMut::with_capacity(out.len() + 32);
+            rebuilt.extend_from_slice(&out[..start]);
+            rebuilt.extend_from_slice(&json);
+            rebuilt.extend_from_slice(&out[end..]);
+            *out = rebuilt;
+            self.cost = Some(cost);
+        }
+    }
 }
 
 /// Forwards the rest of an accepted stream. Failures now go to the client as a final error
@@ -430,6 +495,7 @@ async fn pump(
     session: &mut Session,
     up: &mut HttpSession,
     translator: &mut dyn StreamTranslator,
+    tagger: &mut CostTagger<'_>,
     idle: Duration,
     deadline: Instant,
     attempts: u32,
@@ -440,6 +506,7 @@ async fn pump(
         let failure = match read {
             Ok(Ok(Some(chunk))) => match translator.feed(&chunk, &mut out) {
                 Ok(()) => {
+                    tagger.tag(translator, &mut out);
                     if !out.is_empty() {
                         session
                             .write_response_body(Some(out.split().freeze()), false)
@@ -455,6 +522,7 @@ async fn pump(
             },
             Ok(Ok(None)) => match translator.finish(&mut out) {
                 Ok(()) => {
+                    tagger.tag(translator, &mut out);
                     session
                         .write_response_body(Some(out.split().freeze()), true)
                         .await

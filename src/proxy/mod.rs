@@ -196,7 +196,11 @@ impl Gateway {
             .get("x-llmux-provider")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let plan = table.plan(&request.model, pinned.as_deref())?;
+        let plan = table.plan(
+            &request.model,
+            pinned.as_deref(),
+            request.estimate_prompt_tokens(),
+        )?;
         attempt::run(&self.state, session, table, &request, plan, rid, started).await
     }
 }

@@ -77,6 +77,7 @@ pub async fn probe_all(state: &Arc<GatewayState>, table: &RoutingTable) {
             model: endpoint.model.clone(),
             weight: 1,
             endpoint: endpoint.clone(),
+            price: None,
         };
         let state = state.clone();
         set.spawn(async move {
