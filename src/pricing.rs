@@ -1368,7 +1368,7 @@ mod tests {
                     "{id}: tier cached > tier input"
                 );
                 assert!(
-                    p.context_window.map_or(true, |w| w >= lc.threshold),
+                    p.context_window.is_none_or(|w| w >= lc.threshold),
                     "{id}: tier beyond window"
                 );
             }

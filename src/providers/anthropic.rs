@@ -761,7 +761,7 @@ fn convert_messages(cx: &Ctx, messages: &[Message]) -> Result<Conversation, Gate
             ));
         }
     }
-    if turns.first().map_or(true, |t| t.role == Role::Assistant) {
+    if turns.first().is_none_or(|t| t.role == Role::Assistant) {
         turns.insert(0, placeholder_turn());
     }
     for turn in turns.iter_mut().filter(|t| t.role == Role::User) {

@@ -542,7 +542,7 @@ impl ModelGen {
 
     /// Thinking exists from 2.5 on; an unversioned name (`gemini-flash-latest`) is current.
     fn thinks(self) -> bool {
-        self.0.map_or(true, |v| v >= (2, 5))
+        self.0.is_none_or(|v| v >= (2, 5))
     }
 
     /// Gemini 3 takes `thinkingLevel`; budgets are its backward-compatible fallback.
@@ -1250,7 +1250,7 @@ impl Adapter for GeminiAdapter {
         if let Some(failure) = self.id.embedded_error(&r, body) {
             return Err(failure);
         }
-        if r.candidates.as_ref().map_or(true, Vec::is_empty) {
+        if r.candidates.as_ref().is_none_or(Vec::is_empty) {
             return Err(self
                 .id
                 .blocked(r.prompt_feedback.as_ref())
@@ -1569,7 +1569,7 @@ impl GeminiStream {
         if let Some(f) = self.id.embedded_error(&r, data) {
             return self.fail(f, out);
         }
-        if r.candidates.as_ref().map_or(true, Vec::is_empty) {
+        if r.candidates.as_ref().is_none_or(Vec::is_empty) {
             if let Some(f) = self.id.blocked(r.prompt_feedback.as_ref()) {
                 if !self.emitted {
                     return Err(f);
@@ -1823,7 +1823,7 @@ pub fn to_openapi_schema(schema: &Value, response: bool) -> Result<Value, String
         && out
             .get("properties")
             .and_then(Value::as_object)
-            .map_or(true, Map::is_empty)
+            .is_none_or(Map::is_empty)
     {
         return Err("Gemini's schema subset cannot express an object without properties".into());
     }
@@ -2054,7 +2054,7 @@ impl SchemaCx {
             && out
                 .get("properties")
                 .and_then(Value::as_object)
-                .map_or(true, Map::is_empty)
+                .is_none_or(Map::is_empty)
         {
             return Err(
                 "an object without properties cannot be expressed in Gemini's schema subset".into(),

@@ -186,6 +186,9 @@ routing:
   max_attempts: 3
   request_timeout: 30s
   retry_budget: 1.0
+# 1 MiB prompts (~260k tokens) must fit: lift gpt-4o-mini's 128k window for these tests.
+pricing:
+  gpt-4o-mini: {{ context_window: 10000000 }}
 # These tests script failures on purpose; breakers are tested on their own gateways.
 circuit_breaker: {{ failure_threshold: 100000 }}
 """
