@@ -6,6 +6,7 @@
 //! translated back to OpenAI's shapes.
 
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod dns;
 pub mod health;

@@ -3,7 +3,7 @@
 //! A request loads the current snapshot once (from an `ArcSwap`) and keeps it for all its
 //! attempts, so a reload never changes the plan of a request in flight.
 
-use crate::config::{Config, ProbeConfig, ProviderKind, Strategy, Timeouts};
+use crate::config::{Budget, Config, FreeTier, ProbeConfig, ProviderKind, Strategy, Timeouts};
 use crate::health::{BreakerPolicy, Endpoint};
 use crate::pricing::{Catalog, Price};
 use crate::providers::{self, Adapter, BaseUrl};
@@ -26,6 +26,10 @@ pub struct Provider {
     pub api_key: String,
     /// A configured probe that replaces the adapter's zero-cost default.
     pub probe: Option<ProbeConfig>,
+    /// USD limits on this provider's spend.
+    pub budget: Option<Budget>,
+    /// The provider's free quota, to stay inside of.
+    pub free_tier: Option<FreeTier>,
 }
 
 /// One (provider, upstream model) a request may be sent to.
@@ -69,6 +73,8 @@ pub struct RoutingTable {
     pub limits: Limits,
     /// (name, key) of the gateway keys; empty = no key required.
     pub api_keys: Vec<(String, String)>,
+    /// Budgets of gateway keys, by key name.
+    pub key_budgets: HashMap<String, Budget>,
     /// Bearer token the admin listener requires, when set.
     pub admin_token: Option<String>,
     /// Every configured endpoint once, in config order (probes, admin, metrics).
@@ -152,6 +158,8 @@ impl RoutingTable {
                     .map(|k| k.expose().to_owned())
                     .unwrap_or_default(),
                 probe: p.probe.clone(),
+                budget: p.budget.clone(),
+                free_tier: p.free_tier.clone(),
             };
             providers.insert(p.name.clone(), Arc::new(provider));
         }
@@ -222,6 +230,12 @@ impl RoutingTable {
                 .iter()
                 .map(|k| (k.name.clone(), k.key.expose().to_owned()))
                 .collect(),
+            key_budgets: cfg
+                .server
+                .api_keys
+                .iter()
+                .filter_map(|k| Some((k.name.clone(), k.budget.clone()?)))
+                .collect(),
             admin_token: cfg
                 .server
                 .admin_token
@@ -258,9 +272,10 @@ impl RoutingTable {
         model: &str,
         pinned: Option<&str>,
         prompt_tokens: u64,
+        expected_output: u64,
     ) -> Result<Vec<Target>, GatewayError> {
         let mut targets = if let Some(route) = self.routes.get(model) {
-            order(route)
+            order(route, prompt_tokens, expected_output)
         } else if let Some((provider, upstream)) = model.split_once('/').and_then(|(p, m)| {
             self.providers
                 .get(p)
@@ -402,13 +417,53 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Orders a route's targets by its strategy. `weighted` draws the order by weight;
 /// strategies that need live statistics fall back to config order until stats exist.
-fn order(route: &Route) -> Vec<Target> {
+fn order(route: &Route, prompt_tokens: u64, expected_output: u64) -> Vec<Target> {
     match route.strategy {
+        Strategy::Fallback => route.targets.clone(),
         Strategy::Weighted => weighted_order(&route.targets),
-        Strategy::Fallback | Strategy::LowestLatency | Strategy::LowestCost => {
-            route.targets.clone()
-        }
+        Strategy::LowestLatency => latency_order(&route.targets, prompt_tokens),
+        Strategy::LowestCost => cost_order(&route.targets, prompt_tokens, expected_output),
     }
+}
+
+/// Share of `lowest_latency` requests that try another target first, so an endpoint that
+/// was slow and recovered gets measured again.
+const EXPLORE_SHARE: f64 = 0.02;
+
+/// Lowest observed P95 first, in the request's prompt-size bucket. Endpoints with no
+/// samples yet sort first, so every endpoint gets measured. Ties keep config order.
+fn latency_order(targets: &[Target], prompt_tokens: u64) -> Vec<Target> {
+    let bucket = crate::stats::prompt_bucket(prompt_tokens);
+    let mut v = targets.to_vec();
+    v.sort_by_key(|t| t.endpoint.stats.p95_for(bucket).unwrap_or(Duration::ZERO));
+    if v.len() > 1 && fastrand::f64() < EXPLORE_SHARE {
+        let explored = v.remove(fastrand::usize(1..v.len()));
+        v.insert(0, explored);
+    }
+    v
+}
+
+/// Cheapest estimated request first (prompt tokens at the expected cache-hit rate, the
+/// expected output), ties broken by latency; targets without a price go last.
+fn cost_order(targets: &[Target], prompt_tokens: u64, expected_output: u64) -> Vec<Target> {
+    let bucket = crate::stats::prompt_bucket(prompt_tokens);
+    let mut keyed: Vec<(f64, Duration, Target)> = targets
+        .iter()
+        .map(|t| {
+            let cost = t.price.as_deref().map_or(f64::INFINITY, |p| {
+                crate::pricing::estimate(
+                    p,
+                    prompt_tokens,
+                    expected_output,
+                    t.endpoint.stats.cache_hit_rate(),
+                )
+            });
+            let p95 = t.endpoint.stats.p95_for(bucket).unwrap_or(Duration::ZERO);
+            (cost, p95, t.clone())
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    keyed.into_iter().map(|(_, _, t)| t).collect()
 }
 
 fn weighted_order(targets: &[Target]) -> Vec<Target> {
@@ -461,27 +516,30 @@ server:
     #[test]
     fn plans_alias_direct_and_pinned() {
         let t = table(YAML);
-        let plan = t.plan("chat", None, 10).unwrap();
+        let plan = t.plan("chat", None, 10, 100).unwrap();
         assert_eq!(
             plan.iter().map(|t| t.model.as_str()).collect::<Vec<_>>(),
             ["m1", "m2"]
         );
-        let plan = t.plan("b/some-model", None, 10).unwrap();
+        let plan = t.plan("b/some-model", None, 10, 100).unwrap();
         assert_eq!(
             (plan[0].provider.name.as_str(), plan[0].model.as_str()),
             ("b", "some-model")
         );
-        let plan = t.plan("chat", Some("b"), 10).unwrap();
+        let plan = t.plan("chat", Some("b"), 10, 100).unwrap();
         assert_eq!(plan.len(), 1);
         assert_eq!(
-            t.plan("nope", None, 10).unwrap_err().code(),
+            t.plan("nope", None, 10, 100).unwrap_err().code(),
             "model_not_found"
         );
         assert_eq!(
-            t.plan("zz/m", None, 10).unwrap_err().code(),
+            t.plan("zz/m", None, 10, 100).unwrap_err().code(),
             "model_not_found"
         );
-        assert_eq!(t.plan("chat", Some("zz"), 10).unwrap_err().status(), 400);
+        assert_eq!(
+            t.plan("chat", Some("zz"), 10, 100).unwrap_err().status(),
+            400
+        );
         assert_eq!(t.model_ids, ["chat", "w", "a/m1", "b/m2"]);
     }
 
@@ -489,7 +547,7 @@ server:
     fn weighted_order_follows_weights() {
         let t = table(YAML);
         let firsts = (0..2000)
-            .filter(|_| t.plan("w", None, 10).unwrap()[0].provider.name == "a")
+            .filter(|_| t.plan("w", None, 10, 100).unwrap()[0].provider.name == "a")
             .count();
         assert!(
             (1300..1700).contains(&firsts),

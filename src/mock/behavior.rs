@@ -20,6 +20,24 @@ pub(crate) struct Directives {
     pub(crate) garbage: bool,
     /// Gemini: block the prompt for safety (HTTP 200, no candidates, `promptFeedback`).
     pub(crate) blocked: bool,
+    /// Latency used instead of `latency` when the request body is over [`LONG_PROMPT_BYTES`]
+    /// (a model that slows down on long prompts).
+    pub(crate) long_latency_ms: Option<u64>,
+}
+
+/// Request bodies above this size count as long prompts for `long_latency`.
+pub(crate) const LONG_PROMPT_BYTES: usize = 16 * 1024;
+
+impl Directives {
+    /// Applies `long_latency` for a request body of `body_len` bytes.
+    pub(crate) fn for_body(mut self, body_len: usize) -> Self {
+        if body_len > LONG_PROMPT_BYTES {
+            if let Some(l) = self.long_latency_ms {
+                self.latency_ms = Some(l);
+            }
+        }
+        self
+    }
 }
 
 /// Delays are capped at a day so no directive can overflow a timer.
@@ -50,6 +68,7 @@ pub(crate) fn split_model(raw: &str) -> (&str, Directives) {
             "drop" => d.drop = true,
             "garbage" => d.garbage = true,
             "blocked" => d.blocked = true,
+            "long_latency" => d.long_latency_ms = delay,
             other => log::warn!("mock: ignoring unknown directive {other:?}"),
         }
     }

@@ -120,6 +120,7 @@ pub(crate) fn chat(state: &State, req: &Request, body: Option<&Value>) -> Respon
         Some(m) => m,
     };
     let (model, directives) = split_model(raw_model);
+    let directives = directives.for_body(req.body.len());
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     let answer = || answer(state, body, messages, model, stream);
     respond(state, &directives, stream, (Flavor::Openai, model), answer)

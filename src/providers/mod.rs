@@ -6,6 +6,7 @@
 //! to this trait, so adding a provider never touches the request path.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 pub mod openai_out;
@@ -148,6 +149,7 @@ pub fn build_adapter(cfg: &ProviderConfig, base: &BaseUrl) -> Result<Arc<dyn Ada
     match cfg.kind {
         ProviderKind::Anthropic => Ok(Arc::new(anthropic::AnthropicAdapter::new(cfg, base)?)),
         ProviderKind::Gemini => Ok(Arc::new(gemini::GeminiAdapter::new(cfg, base)?)),
+        ProviderKind::Bedrock => Ok(Arc::new(bedrock::BedrockAdapter::new(cfg, base)?)),
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => Ok(Arc::new(
             openai::OpenAiAdapter::new(cfg, base, openai::Dialect::for_kind(cfg.kind)),
         )),

@@ -62,38 +62,56 @@ pub(super) async fn run(
     table: &RoutingTable,
     req: &ChatRequest,
     plan: Vec<Target>,
-    rid: &str,
-    started: Instant,
+    ctx: &RequestCtx<'_>,
 ) -> Result<(), GatewayError> {
     let mut last_provider = String::new();
-    let result = run_plan(
-        state,
-        session,
-        table,
-        req,
-        plan,
-        rid,
-        started,
-        &mut last_provider,
-    )
-    .await;
+    let result = run_plan(state, session, table, req, plan, ctx, &mut last_provider).await;
     if let Err(e) = &result {
         state.metrics.request(&req.model, &last_provider, &e.code());
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the attempt loop needs to know about the client request beyond its body.
+pub(super) struct RequestCtx<'a> {
+    pub rid: &'a str,
+    pub started: Instant,
+    /// The gateway key's name, when keys are configured (budgets are kept per key).
+    pub key_name: Option<&'a str>,
+}
+
+/// Whether a target's provider is inside its budget and free tier. `Err(true)`: refuse
+/// the request (free tier with `on_exhausted: reject`); `Err(false)`: skip this target.
+fn within_limits(
+    state: &GatewayState,
+    target: &Target,
+) -> Result<(), (bool, crate::budget::Limit)> {
+    let p = &target.provider;
+    let key = format!("provider:{}", p.name);
+    if let Some(b) = &p.budget {
+        state.ledger.check_budget(&key, b).map_err(|l| (false, l))?;
+    }
+    if let Some(t) = &p.free_tier {
+        let reject = t.on_exhausted == crate::config::OnExhausted::Reject;
+        state
+            .ledger
+            .check_free_tier(&key, t)
+            .map_err(|l| (reject, l))?;
+    }
+    Ok(())
+}
+
 async fn run_plan(
     state: &GatewayState,
     session: &mut Session,
     table: &RoutingTable,
     req: &ChatRequest,
     plan: Vec<Target>,
-    rid: &str,
-    started: Instant,
+    ctx: &RequestCtx<'_>,
     last_provider: &mut String,
 ) -> Result<(), GatewayError> {
+    let (rid, started) = (ctx.rid, ctx.started);
+    let mut limited: Option<crate::budget::Limit> = None;
     // Time spent waiting on providers (and in backoff), so overhead = total - this.
     let mut upstream_time = Duration::ZERO;
     let deadline = started + table.limits.request_timeout;
@@ -117,10 +135,28 @@ async fn run_plan(
             tokio::time::sleep(pause).await;
             upstream_time += pause;
         }
+        match within_limits(state, target) {
+            Ok(()) => {}
+            Err((true, limit)) => {
+                return Err(GatewayError::BudgetExceeded {
+                    message: format!("Free tier exhausted: {}", limit.reason()),
+                })
+            }
+            Err((false, limit)) => {
+                log::info!("request_id={rid} skipping {target:?}: {}", limit.reason());
+                limited = Some(limit);
+                continue;
+            }
+        }
         // The breaker decides right before the attempt (a half-open trial is taken here).
         let Some(permit) = target.endpoint.acquire() else {
             continue;
         };
+        if target.provider.free_tier.is_some() {
+            state
+                .ledger
+                .count_request(&format!("provider:{}", target.provider.name));
+        }
         if attempts > 0 && !table.retry_budget.try_retry() {
             target.endpoint.release(permit);
             log::warn!("request_id={rid} retry budget spent; not trying {target:?}");
@@ -167,6 +203,24 @@ async fn run_plan(
                 state
                     .metrics
                     .request(&req.model, &target.provider.name, "success");
+                let tokens = served
+                    .usage
+                    .as_ref()
+                    .map(Usage::token_counts)
+                    .unwrap_or_default();
+                let spent = served.cost.unwrap_or(0.0);
+                let all_tokens =
+                    tokens.input + tokens.output + tokens.cache_read + tokens.cache_write;
+                state.ledger.add_usage(
+                    &format!("provider:{}", target.provider.name),
+                    all_tokens,
+                    spent,
+                );
+                if let Some(name) = ctx.key_name {
+                    state
+                        .ledger
+                        .add_usage(&format!("key:{name}"), all_tokens, spent);
+                }
                 let duration = started.elapsed();
                 target.endpoint.stats.record(&Sample {
                     duration,
@@ -219,6 +273,14 @@ async fn run_plan(
             message: format!(
                 "No provider answered within the request deadline of {:?} ({attempts} attempts)",
                 table.limits.request_timeout
+            ),
+        }),
+        // Every target left is over its budget or free tier.
+        None if attempts == 0 && limited.is_some() => Err(GatewayError::BudgetExceeded {
+            message: format!(
+                "Budget exceeded: no target of `{}` is under its budget ({})",
+                req.model,
+                limited.as_ref().map_or("", |l| l.reason())
             ),
         }),
         // Every planned endpoint refused at the last moment (a half-open trial already out).

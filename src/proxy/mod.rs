@@ -37,6 +37,8 @@ pub struct GatewayState {
     pub in_flight: AtomicUsize,
     /// Request and attempt counters for `/metrics`.
     pub metrics: crate::telemetry::Metrics,
+    /// Spend and free-tier usage; outlives reloads.
+    pub ledger: crate::budget::Ledger,
 }
 
 impl GatewayState {
@@ -49,6 +51,7 @@ impl GatewayState {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             metrics: Default::default(),
+            ledger: Default::default(),
         }
     }
 }
@@ -186,7 +189,17 @@ impl Gateway {
         rid: &str,
         started: Instant,
     ) -> Result<(), GatewayError> {
-        table.authenticate(bearer(session))?;
+        let key_name = table.authenticate(bearer(session))?.map(str::to_owned);
+        if let Some(name) = &key_name {
+            if let Some(budget) = table.key_budgets.get(name) {
+                self.state
+                    .ledger
+                    .check_budget(&format!("key:{name}"), budget)
+                    .map_err(|l| GatewayError::BudgetExceeded {
+                        message: format!("Budget exceeded: {}", l.reason()),
+                    })?;
+            }
+        }
         let body = read_body(session, table.limits.max_body_bytes).await?;
         let request = parse_request(&body)?;
         drop(body);
@@ -196,14 +209,28 @@ impl Gateway {
             .get("x-llmux-provider")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let expected_output = request
+            .max_completion_tokens
+            .or(request.max_tokens)
+            .unwrap_or(DEFAULT_EXPECTED_OUTPUT)
+            .min(DEFAULT_EXPECTED_OUTPUT * 4);
         let plan = table.plan(
             &request.model,
             pinned.as_deref(),
             request.estimate_prompt_tokens(),
+            expected_output,
         )?;
-        attempt::run(&self.state, session, table, &request, plan, rid, started).await
+        let ctx = attempt::RequestCtx {
+            rid,
+            started,
+            key_name: key_name.as_deref(),
+        };
+        attempt::run(&self.state, session, table, &request, plan, &ctx).await
     }
 }
+
+/// Output tokens `lowest_cost` assumes when the request sets no limit.
+const DEFAULT_EXPECTED_OUTPUT: u64 = 500;
 
 /// The bearer token of the request, if any.
 fn bearer(session: &Session) -> Option<&str> {

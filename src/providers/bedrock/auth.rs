@@ -155,9 +155,7 @@ pub fn resolve(
             }))))
         }
         (Some(_), None) | (None, Some(_)) => {
-            return Err(
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into(),
-            )
+            return Err("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into())
         }
         (None, None) => {}
     }
@@ -258,7 +256,10 @@ impl fmt::Debug for StsRequest {
             .field("base_url", &self.base_url)
             .field("method", &self.method)
             .field("path", &self.path)
-            .field("body", &format_args!("<{} bytes, redacted>", self.body.len()))
+            .field(
+                "body",
+                &format_args!("<{} bytes, redacted>", self.body.len()),
+            )
             .finish()
     }
 }
@@ -321,7 +322,10 @@ pub fn parse_sts_response(body: &[u8]) -> Result<AwsCredentials, String> {
     if let Some(err) = xml_tag(text, "Error") {
         let code = xml_tag(err, "Code").unwrap_or("unknown");
         let message = xml_tag(err, "Message").unwrap_or("");
-        return Err(format!("STS refused the web identity: {code}: {}", xml_unescape(message)));
+        return Err(format!(
+            "STS refused the web identity: {code}: {}",
+            xml_unescape(message)
+        ));
     }
     let creds = xml_tag(text, "Credentials").ok_or("the STS response has no <Credentials>")?;
     let field = |name: &str| {
@@ -406,7 +410,11 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         }
     };
     // Days from the civil date (Howard Hinnant's algorithm).
-    let (y2, m2) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = y2.div_euclid(400);
     let yoe = y2 - era * 400;
     let doy = (153 * m2 + 2) / 5 + d - 1;
@@ -478,7 +486,10 @@ mod tests {
                 host: "example.amazonaws.com",
                 path: "/",
                 headers: &[
-                    ("content-type".into(), "application/x-www-form-urlencoded".into()),
+                    (
+                        "content-type".into(),
+                        "application/x-www-form-urlencoded".into(),
+                    ),
                     ("content-length".into(), "13".into()),
                 ],
                 body: b"Param1=value1",
@@ -530,7 +541,9 @@ mod tests {
     fn debug_never_shows_secrets() {
         let c = creds(Some("tok-secret-123"));
         let d = format!("{c:?} {:?}", Auth::SigV4(slot_with(c.clone())));
-        assert!(!d.contains("AKIDEXAMPLE") && !d.contains("EXAMPLEKEY") && !d.contains("tok-secret"));
+        assert!(
+            !d.contains("AKIDEXAMPLE") && !d.contains("EXAMPLEKEY") && !d.contains("tok-secret")
+        );
         let w = WebIdentity {
             role_arn: "arn:aws:iam::1:role/r".into(),
             token_file: "/t".into(),
@@ -546,8 +559,10 @@ mod tests {
     }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k: &str| m.get(k).cloned()
     }
 
@@ -558,7 +573,10 @@ mod tests {
             secret_access_key: crate::config::Secret("s1".into()),
             session_token: None,
         };
-        let e = env(&[("AWS_ACCESS_KEY_ID", "AKIA2"), ("AWS_SECRET_ACCESS_KEY", "s2")]);
+        let e = env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA2"),
+            ("AWS_SECRET_ACCESS_KEY", "s2"),
+        ]);
         let key = |p: Plan| match p {
             Plan::Ready(Auth::SigV4(s)) => s.load_full().unwrap().access_key_id.clone(),
             Plan::Ready(Auth::Bearer(k)) => format!("bearer {k}"),
@@ -568,15 +586,24 @@ mod tests {
         assert!(resolve(Some(&cfg_keys), Some("k"), &e).is_err());
         assert_eq!(key(resolve(None, Some("abk"), &e).unwrap()), "bearer abk");
         assert_eq!(key(resolve(None, None, &e).unwrap()), "AKIA2");
-        let e = env(&[("AWS_ACCESS_KEY_ID", "AKIA2"), ("AWS_SECRET_ACCESS_KEY", "s2"), ("AWS_SESSION_TOKEN", "tk")]);
-        let Plan::Ready(Auth::SigV4(s)) = resolve(None, None, &e).unwrap() else { panic!() };
+        let e = env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA2"),
+            ("AWS_SECRET_ACCESS_KEY", "s2"),
+            ("AWS_SESSION_TOKEN", "tk"),
+        ]);
+        let Plan::Ready(Auth::SigV4(s)) = resolve(None, None, &e).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.load_full().unwrap().session_token.as_deref(), Some("tk"));
         assert!(resolve(None, None, &env(&[("AWS_ACCESS_KEY_ID", "AKIA2")])).is_err());
         assert_eq!(
             key(resolve(None, None, &env(&[("AWS_BEARER_TOKEN_BEDROCK", "b")])).unwrap()),
             "bearer b"
         );
-        let e = env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"), ("AWS_ROLE_ARN", "arn:r")]);
+        let e = env(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
+            ("AWS_ROLE_ARN", "arn:r"),
+        ]);
         assert_eq!(key(resolve(None, None, &e).unwrap()), "web arn:r");
         let err = resolve(None, None, &env(&[])).err().unwrap();
         assert!(err.contains("no AWS credentials"), "{err}");
@@ -592,14 +619,22 @@ mod tests {
         .unwrap();
         assert_eq!(w.session_name, "llmux");
         let r = w.sts_request("eyJ.a+b/c=\n", Some(Duration::from_secs(900)));
-        assert_eq!((r.base_url.as_str(), r.method, r.path.as_str()), ("https://sts.eu-west-1.amazonaws.com", "POST", "/"));
+        assert_eq!(
+            (r.base_url.as_str(), r.method, r.path.as_str()),
+            ("https://sts.eu-west-1.amazonaws.com", "POST", "/")
+        );
         assert_eq!(
             std::str::from_utf8(&r.body).unwrap(),
             "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fllmux&RoleSessionName=llmux&WebIdentityToken=eyJ.a%2Bb%2Fc%3D&DurationSeconds=900"
         );
-        assert!(r.headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("application/x-www-form-urlencoded")));
+        assert!(r.headers.iter().any(
+            |(k, v)| k == "content-type" && v.starts_with("application/x-www-form-urlencoded")
+        ));
         let global = WebIdentity { region: None, ..w };
-        assert_eq!(global.sts_request("t", None).base_url, "https://sts.amazonaws.com");
+        assert_eq!(
+            global.sts_request("t", None).base_url,
+            "https://sts.amazonaws.com"
+        );
     }
 
     #[test]
@@ -617,7 +652,10 @@ mod tests {
 </AssumeRoleWithWebIdentityResponse>"#;
         let c = parse_sts_response(ok).unwrap();
         assert_eq!(c.access_key_id, "ASIAEXAMPLE");
-        assert_eq!(c.session_token.as_deref(), Some("FwoGZXIvYXdzEBYaD+abc/def=="));
+        assert_eq!(
+            c.session_token.as_deref(),
+            Some("FwoGZXIvYXdzEBYaD+abc/def==")
+        );
         assert_eq!(c.expires_at, Some(t("2026-01-01T01:00:00Z")));
         assert!(c.expired(t("2026-01-01T00:56:00Z"), Duration::from_secs(300)));
         assert!(!c.expired(t("2026-01-01T00:54:00Z"), Duration::from_secs(300)));
@@ -635,15 +673,26 @@ mod tests {
         let base = t("1970-01-01T00:00:00Z");
         assert_eq!(base, UNIX_EPOCH);
         assert_eq!(
-            t("2015-08-30T12:36:00Z").duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            t("2015-08-30T12:36:00Z")
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
             1_440_938_160
         );
         assert_eq!(t("2015-08-30T14:36:00+02:00"), t("2015-08-30T12:36:00Z"));
         assert_eq!(
-            t("2000-02-29T00:00:00.5Z").duration_since(UNIX_EPOCH).unwrap(),
+            t("2000-02-29T00:00:00.5Z")
+                .duration_since(UNIX_EPOCH)
+                .unwrap(),
             Duration::new(951_782_400, 500_000_000)
         );
-        for bad in ["", "2015-13-01T00:00:00Z", "2015-08-30 12:36", "x015-08-30T12:36:00Z", "2015-08-30T12:36:00"] {
+        for bad in [
+            "",
+            "2015-13-01T00:00:00Z",
+            "2015-08-30 12:36",
+            "x015-08-30T12:36:00Z",
+            "2015-08-30T12:36:00",
+        ] {
             assert!(parse_rfc3339(bad).is_none(), "{bad}");
         }
     }

@@ -90,9 +90,7 @@ impl Decoder {
         let headers_len = be_u32(&self.buf[4..8]) as usize;
         let prelude_crc = be_u32(&self.buf[8..12]);
         if crc32fast::hash(&self.buf[0..8]) != prelude_crc {
-            return Err(DecodeError(
-                "event-stream prelude checksum mismatch".into(),
-            ));
+            return Err(DecodeError("event-stream prelude checksum mismatch".into()));
         }
         if !(OVERHEAD..=MAX_FRAME).contains(&total) || headers_len > total - OVERHEAD {
             return Err(DecodeError(format!(
@@ -105,9 +103,7 @@ impl Decoder {
         let frame = self.buf.split_to(total).freeze();
         let message_crc = be_u32(&frame[total - 4..]);
         if crc32fast::hash(&frame[..total - 4]) != message_crc {
-            return Err(DecodeError(
-                "event-stream message checksum mismatch".into(),
-            ));
+            return Err(DecodeError("event-stream message checksum mismatch".into()));
         }
         let headers = parse_headers(frame.slice(12..12 + headers_len))?;
         let payload = frame.slice(12 + headers_len..total - 4);
@@ -126,7 +122,13 @@ fn parse_headers(mut b: Bytes) -> Result<Vec<(String, HeaderValue)>, DecodeError
         let name = String::from_utf8(b.split_to(name_len).to_vec())
             .map_err(|_| DecodeError("event-stream header name is not UTF-8".into()))?;
         let kind = b.get_u8();
-        let need = |b: &Bytes, n: usize| if b.remaining() < n { Err(short()) } else { Ok(()) };
+        let need = |b: &Bytes, n: usize| {
+            if b.remaining() < n {
+                Err(short())
+            } else {
+                Ok(())
+            }
+        };
         let value = match kind {
             0 => HeaderValue::Bool(true),
             1 => HeaderValue::Bool(false),
@@ -244,7 +246,10 @@ pub fn event_frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
     encode(
         &[
             (":event-type", HeaderValue::String(event_type.into())),
-            (":content-type", HeaderValue::String("application/json".into())),
+            (
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ),
             (":message-type", HeaderValue::String("event".into())),
         ],
         payload,
@@ -255,8 +260,14 @@ pub fn event_frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
 pub fn exception_frame(exception_type: &str, payload: &[u8]) -> Vec<u8> {
     encode(
         &[
-            (":exception-type", HeaderValue::String(exception_type.into())),
-            (":content-type", HeaderValue::String("application/json".into())),
+            (
+                ":exception-type",
+                HeaderValue::String(exception_type.into()),
+            ),
+            (
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ),
             (":message-type", HeaderValue::String("exception".into())),
         ],
         payload,
@@ -318,7 +329,11 @@ mod tests {
         let whole = decode_all(&[&wire]).unwrap();
         assert_eq!(whole.len(), 3);
         for i in 0..=wire.len() {
-            assert_eq!(decode_all(&[&wire[..i], &wire[i..]]).unwrap(), whole, "split at {i}");
+            assert_eq!(
+                decode_all(&[&wire[..i], &wire[i..]]).unwrap(),
+                whole,
+                "split at {i}"
+            );
         }
         let bytes: Vec<&[u8]> = wire.chunks(1).collect();
         assert_eq!(decode_all(&bytes).unwrap(), whole);
@@ -345,7 +360,10 @@ mod tests {
         assert!(err.0.contains("message checksum"), "{err}");
         let mut bad = wire;
         bad[2] ^= 1; // total length
-        assert!(decode_all(&[&bad]).unwrap_err().0.contains("prelude checksum"));
+        assert!(decode_all(&[&bad])
+            .unwrap_err()
+            .0
+            .contains("prelude checksum"));
     }
 
     #[test]
