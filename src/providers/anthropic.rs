@@ -527,13 +527,9 @@ fn build_body(
         Some(cc) => {
             body.insert("cache_control".into(), cc.clone());
         }
-        // auto_cache: Anthropic's automatic mode puts one breakpoint on the last cacheable
-        // block; only when the client placed none of its own.
-        None if auto_cache && !has_cache_control(&Value::Object(body.clone())) => {
-            body.insert(
-                "cache_control".into(),
-                json!({"type": "ephemeral", "ttl": "5m"}),
-            );
+        // auto_cache: llmux places the breakpoints, only when the client placed none.
+        None if auto_cache && !body.values().any(has_cache_control) => {
+            place_cache_breakpoints(&mut body, model);
         }
         None => {}
     }
@@ -1167,6 +1163,87 @@ fn thinking_config(cx: &Ctx, req: &ChatRequest) -> Result<Option<(Value, bool)>,
         json!({"type": "enabled", "budget_tokens": budget}),
         true,
     )))
+}
+
+/// The shortest prefix Anthropic caches for a model, in tokens (providers.md §2.9); below it
+/// a breakpoint is silently ignored, so llmux does not place one.
+fn min_cacheable_tokens(model: &str) -> u64 {
+    let m = model.to_ascii_lowercase();
+    if ["opus-5", "fable-5", "mythos-5"]
+        .iter()
+        .any(|k| m.contains(k))
+    {
+        512
+    } else if ["opus-4-5", "opus-4-6", "opus-4-7", "haiku-4-5"]
+        .iter()
+        .any(|k| m.contains(k))
+    {
+        4096
+    } else if m.contains("haiku-3") || m.contains("3-haiku") || m.contains("3-5-haiku") {
+        2048
+    } else {
+        1024
+    }
+}
+
+/// A rough token count of a JSON value (4 characters a token), for breakpoint placement.
+fn approx_tokens(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.len() as u64 / 4,
+        Value::Array(a) => a.iter().map(approx_tokens).sum(),
+        Value::Object(o) => o.values().map(approx_tokens).sum(),
+        _ => 0,
+    }
+}
+
+/// Marks the last block of `content` (a string is turned into one text block first).
+fn mark_last_block(content: &mut Value) -> bool {
+    if let Value::String(s) = content {
+        *content = json!([{"type": "text", "text": s.clone()}]);
+    }
+    match content
+        .as_array_mut()
+        .and_then(|a| a.last_mut())
+        .and_then(Value::as_object_mut)
+    {
+        Some(block) => {
+            block.insert("cache_control".into(), json!({"type": "ephemeral"}));
+            true
+        }
+        None => false,
+    }
+}
+
+/// `auto_cache`: up to three breakpoints in Anthropic's cache order (tools → system →
+/// messages) — after the tools, after the system prompt, and at the end of the stable
+/// conversation prefix (everything before the newest turn, which the next request repeats)
+/// — each only once the prefix up to it is long enough to be cached (at most 4 allowed).
+fn place_cache_breakpoints(body: &mut Map<String, Value>, model: &str) {
+    let min = min_cacheable_tokens(model);
+    let mut prefix = 0u64;
+    if let Some(tools) = body.get_mut("tools").and_then(Value::as_array_mut) {
+        prefix += tools.iter().map(approx_tokens).sum::<u64>();
+        if prefix >= min {
+            if let Some(last) = tools.last_mut().and_then(Value::as_object_mut) {
+                last.insert("cache_control".into(), json!({"type": "ephemeral"}));
+            }
+        }
+    }
+    if let Some(system) = body.get_mut("system") {
+        prefix += approx_tokens(system);
+        if prefix >= min {
+            mark_last_block(system);
+        }
+    }
+    if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
+        let stable = messages.len().saturating_sub(1);
+        prefix += messages[..stable].iter().map(approx_tokens).sum::<u64>();
+        if stable > 0 && prefix >= min {
+            if let Some(content) = messages[stable - 1].get_mut("content") {
+                mark_last_block(content);
+            }
+        }
+    }
 }
 
 fn has_cache_control(v: &Value) -> bool {
@@ -2412,13 +2489,52 @@ mod tests {
     #[test]
     fn auto_cache_marks_only_unmarked_requests() {
         let a = adapter_with(json!({"auto_cache": true}));
+        // Too short to be cached: no breakpoint at all.
         let b = a
             .request_body(&request(json!({"messages": [user("x")]})), "m")
             .unwrap();
+        assert!(!has_cache_control(&b), "{b}");
+        // Long tools, system and history: breakpoints after each, never on the newest turn.
+        let long = "lorem ipsum ".repeat(500);
+        let req = request(json!({
+            "tools": [{"type": "function", "function": {"name": "f", "description": long, "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "system", "content": long},
+                user(&long),
+                {"role": "assistant", "content": "ok"},
+                user("newest question"),
+            ]
+        }));
+        let b = a.request_body(&req, "claude-sonnet-4-6").unwrap();
+        assert_eq!(b["tools"][0]["cache_control"], json!({"type": "ephemeral"}));
+        let system_last = b["system"]
+            .as_array()
+            .and_then(|s| s.last())
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(
-            b["cache_control"],
-            json!({"type": "ephemeral", "ttl": "5m"})
+            system_last["cache_control"],
+            json!({"type": "ephemeral"}),
+            "{b}"
         );
+        let msgs = b["messages"].as_array().unwrap();
+        let stable_end = &msgs[msgs.len() - 2]["content"];
+        assert!(has_cache_control(stable_end), "{b}");
+        assert!(
+            !has_cache_control(&msgs[msgs.len() - 1]),
+            "never the newest turn"
+        );
+        let count = b.to_string().matches("cache_control").count();
+        assert!(count <= 4, "{count} breakpoints");
+        // Haiku 4.5 caches from 4096 tokens: tools (~1.5k) and tools+system (~3k) are too
+        // short there, only the whole stable prefix (~4.5k) gets a breakpoint.
+        let h = a.request_body(&req, "claude-haiku-4-5").unwrap();
+        assert!(
+            !has_cache_control(&h["tools"]) && !has_cache_control(&h["system"]),
+            "{h}"
+        );
+        let hm = h["messages"].as_array().unwrap();
+        assert!(has_cache_control(&hm[hm.len() - 2]));
         let marked = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]});
         assert!(a
             .request_body(&request(marked), "m")

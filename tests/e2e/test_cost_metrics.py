@@ -184,3 +184,31 @@ pricing:
             assert line.startswith("#") or re.match(r'^[a-z_]+(\{[^}]*\})? [0-9.e+-]+$', line), line
     finally:
         g.stop()
+
+
+def test_auto_cache_places_breakpoints_and_reports_the_hit_rate(mock):
+    cfg = f"""
+server: {{ listen: "{{LISTEN}}" }}
+providers:
+  - {{ name: claude, kind: anthropic, base_url: "{mock.url}", api_key: k, auto_cache: true }}
+models:
+  - {{ name: chat, targets: [ {{ provider: claude, model: claude-sonnet-4-6 }} ] }}
+"""
+    g = Gateway(cfg)
+    system = "You answer questions about the llmux gateway in detail. " * 150  # ~2k tokens
+    try:
+        usages = []
+        for q in ["first question", "second question", "third question"]:
+            _, _, raw = chat(g, "chat", q, system=system)
+            usages.append(json.loads(raw)["usage"])
+        # The first request writes the cache at llmux's breakpoint, later ones read it.
+        assert usages[0]["prompt_tokens_details"].get("cache_write_tokens", 0) > 0, usages[0]
+        assert usages[1]["prompt_tokens_details"]["cached_tokens"] > 0, usages[1]
+        read = sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
+        prompt = sum(u["prompt_tokens"] for u in usages)
+        _, _, raw = g.admin("GET", "/admin/endpoints")
+        ep = json.loads(raw)["endpoints"][0]
+        assert abs(ep["cache_hit_rate"] - read / prompt) < 1e-9
+        assert ep["tokens"]["cache_read"] == read
+    finally:
+        g.stop()

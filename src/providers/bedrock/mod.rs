@@ -276,10 +276,22 @@ impl BedrockAdapter {
         }
     }
 
-    /// A stream translator with a fixed `created` timestamp (golden tests compare bytes).
+    /// A stream translator with a fixed `created` timestamp.
     pub fn translator_at(&self, req: &ChatRequest, model: &str, created: u64) -> BedrockStream {
-        let writer = ChunkWriter::new(response::completion_id(), model, req.wants_stream_usage())
-            .with_created(created);
+        self.translator_with(req, model, created, &response::completion_id())
+    }
+
+    /// A stream translator with a fixed `created` and id (golden tests compare bytes; the
+    /// id is otherwise random, as Converse sends none).
+    pub fn translator_with(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        created: u64,
+        id: &str,
+    ) -> BedrockStream {
+        let writer =
+            ChunkWriter::new(id, model, req.wants_stream_usage()).with_created(created);
         BedrockStream::new(&self.name, self.auth.clone(), writer, json_mode(req))
     }
 

@@ -7,7 +7,6 @@ use super::*;
 use crate::types::FailureKind;
 use bytes::BytesMut;
 use serde_json::json;
-use std::collections::HashMap;
 
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
@@ -975,28 +974,21 @@ fn stream_failures_before_and_after_output() {
 fn stream_split_anywhere_gives_identical_output() {
     let req = request(json!({"messages": [user("x")], "stream": true, "stream_options": {"include_usage": true}}));
     let wire = full_stream();
-    let whole = {
-        let mut t = adapter().translator_at(&req, CLAUDE, 7);
+    let translate = |parts: &[&[u8]]| {
+        let mut t = adapter().translator_with(&req, CLAUDE, 7, "chatcmpl-fixed");
         let mut out = BytesMut::new();
-        t.feed(&wire, &mut out).unwrap();
-        t.finish(&mut out).unwrap();
-        chunks(&String::from_utf8(out.to_vec()).unwrap())
-    };
-    let strip = |mut v: Vec<Value>| {
-        for c in &mut v {
-            c["id"] = Value::Null;
+        for p in parts {
+            t.feed(p, &mut out).unwrap();
         }
-        v
-    };
-    let whole = strip(whole);
-    for i in (0..wire.len()).step_by(7) {
-        let mut t = adapter().translator_at(&req, CLAUDE, 7);
-        let mut out = BytesMut::new();
-        t.feed(&wire[..i], &mut out).unwrap();
-        t.feed(&wire[i..], &mut out).unwrap();
         t.finish(&mut out).unwrap();
-        assert_eq!(strip(chunks(&String::from_utf8(out.to_vec()).unwrap())), whole, "split at {i}");
+        out.freeze()
+    };
+    let whole = translate(&[&wire]);
+    for i in 0..=wire.len() {
+        assert_eq!(translate(&[&wire[..i], &wire[i..]]), whole, "split at {i}");
     }
+    let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+    assert_eq!(translate(&bytes), whole);
 }
 
 #[test]
@@ -1006,5 +998,4 @@ fn secrets_never_reach_debug_output() {
     assert!(!d.contains(SECRET) && !d.contains("sess-token-value"));
     let cfg_debug = format!("{:?}", cfg(json!({})));
     assert!(!cfg_debug.contains(SECRET));
-    let _unused: HashMap<(), ()> = HashMap::new();
 }
