@@ -71,8 +71,9 @@ pub struct RoutingTable {
     /// Model ids in config order, for `/v1/models`.
     pub model_ids: Vec<String>,
     pub limits: Limits,
-    /// (name, key) of the gateway keys; empty = no key required.
-    pub api_keys: Vec<(String, String)>,
+    /// (name, SHA-256 of the key) of the gateway keys; empty = no key required. Only the
+    /// digest is kept, so a memory dump or a debug print cannot reveal a key.
+    pub api_keys: Vec<(String, [u8; 32])>,
     /// Budgets of gateway keys, by key name.
     pub key_budgets: HashMap<String, Budget>,
     /// Bearer token the admin listener requires, when set.
@@ -228,7 +229,7 @@ impl RoutingTable {
                 .server
                 .api_keys
                 .iter()
-                .map(|k| (k.name.clone(), k.key.expose().to_owned()))
+                .map(|k| (k.name.clone(), key_digest(k.key.expose())))
                 .collect(),
             key_budgets: cfg
                 .server
@@ -374,9 +375,10 @@ impl RoutingTable {
             return Ok(None);
         }
         let token = presented.ok_or(GatewayError::InvalidApiKey)?;
+        let digest = key_digest(token);
         let mut found = None;
         for (name, key) in &self.api_keys {
-            if constant_time_eq(key.as_bytes(), token.as_bytes()) {
+            if constant_time_eq(key, &digest) {
                 found = Some(name.as_str());
             }
         }
@@ -405,6 +407,12 @@ fn carry_over(
 
 fn p_policy_eq(previous: Option<&RoutingTable>, policy: BreakerPolicy) -> bool {
     previous.is_some_and(|p| p.breaker == policy)
+}
+
+/// SHA-256 of a gateway key.
+fn key_digest(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
 }
 
 /// Constant-time comparison, so a wrong key's timing tells nothing of the right one.

@@ -352,10 +352,17 @@ impl ShutdownSignalWatch for Signals {
                 self.state.draining.store(true, Ordering::Release);
                 let until = Instant::now() + self.grace;
                 log::info!("SIGTERM: draining {} in-flight requests (up to {:?})", self.state.in_flight.load(Ordering::Acquire), self.grace);
-                while self.state.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                let drained = async {
+                    while self.state.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = drained => ShutdownSignal::GracefulTerminate,
+                    // A second SIGTERM (or SIGINT) means "now".
+                    _ = term.recv() => ShutdownSignal::FastShutdown,
+                    _ = int.recv() => ShutdownSignal::FastShutdown,
                 }
-                ShutdownSignal::GracefulTerminate
             }
         }
     }

@@ -23,6 +23,9 @@ pub(crate) struct Directives {
     /// Latency used instead of `latency` when the request body is over [`LONG_PROMPT_BYTES`]
     /// (a model that slows down on long prompts).
     pub(crate) long_latency_ms: Option<u64>,
+    /// OpenAI: answer 401 echoing the bearer key back, as OpenAI's own "Incorrect API key
+    /// provided: sk-..." does (tests check the gateway never passes a key on).
+    pub(crate) echo_key: bool,
 }
 
 /// Request bodies above this size count as long prompts for `long_latency`.
@@ -69,6 +72,7 @@ pub(crate) fn split_model(raw: &str) -> (&str, Directives) {
             "garbage" => d.garbage = true,
             "blocked" => d.blocked = true,
             "long_latency" => d.long_latency_ms = delay,
+            "echo_key" => d.echo_key = true,
             other => log::warn!("mock: ignoring unknown directive {other:?}"),
         }
     }

@@ -121,6 +121,15 @@ pub(crate) fn chat(state: &State, req: &Request, body: Option<&Value>) -> Respon
     };
     let (model, directives) = split_model(raw_model);
     let directives = directives.for_body(req.body.len());
+    if directives.echo_key {
+        let key = req
+            .header("authorization")
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let msg = format!("Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys.");
+        return error_body(401, &msg, "invalid_request_error", "", "invalid_api_key");
+    }
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     let answer = || answer(state, body, messages, model, stream);
     respond(state, &directives, stream, (Flavor::Openai, model), answer)

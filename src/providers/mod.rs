@@ -150,13 +150,17 @@ pub fn build_adapter(cfg: &ProviderConfig, base: &BaseUrl) -> Result<Arc<dyn Ada
         ProviderKind::Anthropic => Ok(Arc::new(anthropic::AnthropicAdapter::new(cfg, base)?)),
         ProviderKind::Gemini => Ok(Arc::new(gemini::GeminiAdapter::new(cfg, base)?)),
         ProviderKind::Bedrock => Ok(Arc::new(bedrock::BedrockAdapter::new(cfg, base)?)),
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => Ok(Arc::new(
-            openai::OpenAiAdapter::new(cfg, base, openai::Dialect::for_kind(cfg.kind)),
-        )),
-        other => Err(format!(
-            "provider kind `{}` is not supported by this build yet",
-            other.as_str()
-        )),
+        ProviderKind::Openai
+        | ProviderKind::OpenaiCompatible
+        | ProviderKind::Mock
+        | ProviderKind::Mistral
+        | ProviderKind::Deepseek
+        | ProviderKind::Qwen
+        | ProviderKind::AzureOpenai => Ok(Arc::new(openai::OpenAiAdapter::new(
+            cfg,
+            base,
+            openai::Dialect::for_kind(cfg.kind),
+        ))),
     }
 }
 

@@ -51,6 +51,19 @@ def test_check_accepts_the_shipped_configs():
         assert p.returncode == 0, p.stderr
 
 
+def test_admin_on_a_non_loopback_address_needs_a_token(mock):
+    port, admin = free_port(), free_port()
+    fd, path = tempfile.mkstemp(suffix=".yaml")
+    os.write(fd, f"providers: [ {{ name: p, kind: openai, base_url: '{mock.url}/v1', api_key: k }} ]\n".encode())
+    os.close(fd)
+    p = subprocess.run(
+        [BIN, "serve", "--config", path, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"0.0.0.0:{admin}"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert p.returncode == 1
+    assert "admin_token" in p.stderr and "loopback" in p.stderr, p.stderr
+
+
 def test_schema_is_json_schema_of_the_config():
     p = subprocess.run([BIN, "schema"], capture_output=True, text=True, check=True)
     schema = json.loads(p.stdout)

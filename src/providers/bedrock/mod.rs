@@ -290,8 +290,7 @@ impl BedrockAdapter {
         created: u64,
         id: &str,
     ) -> BedrockStream {
-        let writer =
-            ChunkWriter::new(id, model, req.wants_stream_usage()).with_created(created);
+        let writer = ChunkWriter::new(id, model, req.wants_stream_usage()).with_created(created);
         BedrockStream::new(&self.name, self.auth.clone(), writer, json_mode(req))
     }
 

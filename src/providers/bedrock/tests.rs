@@ -112,7 +112,10 @@ fn model_ids_are_percent_encoded_in_the_path() {
         &no_env,
     )
     .unwrap();
-    assert_eq!(prefixed.model_path("m", "converse"), "/bedrock/model/m/converse");
+    assert_eq!(
+        prefixed.model_path("m", "converse"),
+        "/bedrock/model/m/converse"
+    );
 }
 
 /// The whole envelope at a fixed time: the body bytes are the ones the known-answer test in
@@ -151,8 +154,10 @@ fn chat_request_is_signed_over_the_exact_body() {
 
 #[test]
 fn session_tokens_and_configured_headers_are_signed() {
-    let a = adapter_with(json!({"aws": {"access_key_id": "ASIAX", "secret_access_key": "s",
-        "session_token": "tok123456"}, "headers": {"X-Amzn-Bedrock-Trace": "ENABLED"}}));
+    let a = adapter_with(
+        json!({"aws": {"access_key_id": "ASIAX", "secret_access_key": "s",
+        "session_token": "tok123456"}, "headers": {"X-Amzn-Bedrock-Trace": "ENABLED"}}),
+    );
     let r = a
         .chat_request(&request(json!({"messages": [user("x")]})), NOVA)
         .unwrap();
@@ -245,7 +250,9 @@ fn credential_slot_feeds_signing_and_refuses_missing_or_expired_credentials() {
     let req = request(json!({"messages": [user("x")]}));
     let now = at("2026-01-01T00:00:00Z");
     let e = a.chat_request_at(&req, NOVA, now).unwrap_err();
-    assert!(matches!(&e, GatewayError::Upstream { failure, .. } if failure.kind == FailureKind::Connect));
+    assert!(
+        matches!(&e, GatewayError::Upstream { failure, .. } if failure.kind == FailureKind::Connect)
+    );
     slot.store(Some(std::sync::Arc::new(AwsCredentials {
         access_key_id: "ASIA1".into(),
         secret_access_key: "s".into(),
@@ -254,7 +261,10 @@ fn credential_slot_feeds_signing_and_refuses_missing_or_expired_credentials() {
     })));
     assert!(a.chat_request_at(&req, NOVA, now).is_ok());
     let late = at("2026-01-01T00:59:30Z");
-    assert!(a.chat_request_at(&req, NOVA, late).is_err(), "within the margin");
+    assert!(
+        a.chat_request_at(&req, NOVA, late).is_err(),
+        "within the margin"
+    );
     // An unsigned probe still goes out (and is refused upstream).
     assert!(header(&a.probe_request_at(late), "authorization").is_none());
 }
@@ -262,7 +272,10 @@ fn credential_slot_feeds_signing_and_refuses_missing_or_expired_credentials() {
 #[test]
 fn probe_is_a_signed_list_async_invokes() {
     let p = adapter().probe_request_at(at("2026-01-01T00:00:00Z"));
-    assert_eq!((p.method, p.path.as_str()), ("GET", "/async-invoke?maxResults=1"));
+    assert_eq!(
+        (p.method, p.path.as_str()),
+        ("GET", "/async-invoke?maxResults=1")
+    );
     assert!(p.body.is_empty());
     assert!(header(&p, "authorization")
         .unwrap()
@@ -348,7 +361,8 @@ fn tool_calls_and_results_pair_up_with_results_first() {
 fn tool_pairing_and_argument_errors_name_the_field() {
     let tools = json!([func("get")]);
     assert_eq!(
-        param(json!({"messages": [user("x"), tool_msg("nope", json!("r"))], "tools": tools})).as_deref(),
+        param(json!({"messages": [user("x"), tool_msg("nope", json!("r"))], "tools": tools}))
+            .as_deref(),
         Some("messages[1].tool_call_id")
     );
     assert_eq!(
@@ -378,14 +392,19 @@ fn long_or_foreign_tool_ids_are_rewritten_consistently() {
     let long = format!("call_{}__thought__{}", "a".repeat(30), "Zm9v+/=".repeat(20));
     let id = request::tool_id(&long);
     assert_eq!(id.len(), 64);
-    assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    assert!(id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
     assert_eq!(id, request::tool_id(&long), "deterministic");
     assert_ne!(id, request::tool_id(&format!("{long}x")));
     assert_eq!(request::tool_id(""), "tooluse_empty");
     let b = body(json!({"messages": [user("x"),
         {"role": "assistant", "tool_calls": [call(&long, "get", "{}")]}, tool_msg(&long, json!("r"))]}));
     assert_eq!(b["messages"][1]["content"][0]["toolUse"]["toolUseId"], id);
-    assert_eq!(b["messages"][2]["content"][0]["toolResult"]["toolUseId"], id);
+    assert_eq!(
+        b["messages"][2]["content"][0]["toolResult"]["toolUseId"],
+        id
+    );
 }
 
 #[test]
@@ -404,12 +423,19 @@ fn images_need_bytes_and_documents_get_safe_names() {
     );
     let image = |url: &str| json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]});
     let e = err(image("https://example.com/cat.png"));
-    assert_eq!(e.param().as_deref(), Some("messages[0].content[0].image_url"));
+    assert_eq!(
+        e.param().as_deref(),
+        Some("messages[0].content[0].image_url")
+    );
     assert!(e.to_string().contains("does not download"), "{e}");
     // Remote URLs are refused even when unsupported parameters are dropped.
     let lenient = adapter_with(json!({"drop_unsupported_params": true}));
     assert!(body_for(&lenient, image("http://x/y.png"), CLAUDE).is_err());
-    for bad in ["data:image/svg+xml;base64,PHN2Zz4=", "data:image/png,raw", "ftp://x"] {
+    for bad in [
+        "data:image/svg+xml;base64,PHN2Zz4=",
+        "data:image/png,raw",
+        "ftp://x",
+    ] {
         assert_eq!(err(image(bad)).status(), 400, "{bad}");
     }
     assert_eq!(
@@ -452,7 +478,10 @@ fn tool_choice_mapping() {
     // Tool history without tools gets the placeholder too.
     let b = body(json!({"messages": [user("x"),
         {"role": "assistant", "tool_calls": [call("c", "get", "{}")]}, tool_msg("c", json!("r"))]}));
-    assert_eq!(b["toolConfig"]["tools"][0]["toolSpec"]["name"], request::HISTORY_TOOL);
+    assert_eq!(
+        b["toolConfig"]["tools"][0]["toolSpec"]["name"],
+        request::HISTORY_TOOL
+    );
     assert_eq!(
         param(json!({"messages": [user("x")], "tool_choice": "required"})).as_deref(),
         Some("tool_choice")
@@ -462,12 +491,15 @@ fn tool_choice_mapping() {
         Some("tool_choice")
     );
     assert_eq!(
-        param(json!({"messages": [user("x")], "tools": tools, "parallel_tool_calls": false})).as_deref(),
+        param(json!({"messages": [user("x")], "tools": tools, "parallel_tool_calls": false}))
+            .as_deref(),
         Some("parallel_tool_calls")
     );
-    assert!(body(json!({"messages": [user("x")], "tools": tools, "parallel_tool_calls": true}))
-        .get("toolConfig")
-        .is_some());
+    assert!(
+        body(json!({"messages": [user("x")], "tools": tools, "parallel_tool_calls": true}))
+            .get("toolConfig")
+            .is_some()
+    );
     assert_eq!(
         param(json!({"messages": [user("x")], "tools": [{"type": "custom", "custom": {"name": "c"}, "function": {"name": "c"}}]})).as_deref(),
         Some("tools[0].type")
@@ -476,20 +508,26 @@ fn tool_choice_mapping() {
 
 #[test]
 fn response_format_uses_the_forced_json_tool() {
-    let b = body(json!({"messages": [user("x")], "response_format": {"type": "json_schema",
-        "json_schema": {"name": "P", "description": "A person", "schema": {"type": "object", "properties": {"n": {"type": "string"}}}}}}));
+    let b = body(
+        json!({"messages": [user("x")], "response_format": {"type": "json_schema",
+        "json_schema": {"name": "P", "description": "A person", "schema": {"type": "object", "properties": {"n": {"type": "string"}}}}}}),
+    );
     assert_eq!(
         b["toolConfig"],
         json!({"tools": [{"toolSpec": {"name": JSON_TOOL, "description": "A person",
             "inputSchema": {"json": {"type": "object", "properties": {"n": {"type": "string"}}}}}}],
             "toolChoice": {"any": {}}})
     );
-    let b = body(json!({"messages": [user("x")], "response_format": {"type": "json_object"}, "tools": [func("get")]}));
+    let b = body(
+        json!({"messages": [user("x")], "response_format": {"type": "json_object"}, "tools": [func("get")]}),
+    );
     assert_eq!(b["toolConfig"]["tools"].as_array().unwrap().len(), 2);
     assert_eq!(b["toolConfig"]["toolChoice"], json!({"any": {}}));
-    assert!(body(json!({"messages": [user("x")], "response_format": {"type": "text"}}))
-        .get("toolConfig")
-        .is_none());
+    assert!(
+        body(json!({"messages": [user("x")], "response_format": {"type": "text"}}))
+            .get("toolConfig")
+            .is_none()
+    );
     assert_eq!(
         param(json!({"messages": [user("x")], "response_format": {"type": "json_object"}, "tools": [func(JSON_TOOL)]})).as_deref(),
         Some("tools[0].function.name")
@@ -500,8 +538,10 @@ use crate::providers::anthropic::JSON_TOOL;
 
 #[test]
 fn inference_config_and_sampling() {
-    let b = body(json!({"messages": [user("x")], "max_tokens": 100, "max_completion_tokens": 512,
-        "temperature": 1.7, "top_p": 0.9, "stop": ["END", ""]}));
+    let b = body(
+        json!({"messages": [user("x")], "max_tokens": 100, "max_completion_tokens": 512,
+        "temperature": 1.7, "top_p": 0.9, "stop": ["END", ""]}),
+    );
     assert_eq!(
         b["inferenceConfig"],
         json!({"maxTokens": 512, "temperature": 1.0, "stopSequences": ["END"]}),
@@ -523,16 +563,25 @@ fn inference_config_and_sampling() {
     );
     let b = body(json!({"messages": [user("x")], "top_k": 40}));
     assert_eq!(b["additionalModelRequestFields"], json!({"top_k": 40}));
-    let b = body_for(&adapter(), json!({"messages": [user("x")], "top_k": 40}), NOVA).unwrap();
+    let b = body_for(
+        &adapter(),
+        json!({"messages": [user("x")], "top_k": 40}),
+        NOVA,
+    )
+    .unwrap();
     assert_eq!(
         b["additionalModelRequestFields"],
         json!({"inferenceConfig": {"topK": 40}})
     );
     assert_eq!(
-        body_for(&adapter(), json!({"messages": [user("x")], "top_k": 40}), "meta.llama3-70b")
-            .unwrap_err()
-            .param()
-            .as_deref(),
+        body_for(
+            &adapter(),
+            json!({"messages": [user("x")], "top_k": 40}),
+            "meta.llama3-70b"
+        )
+        .unwrap_err()
+        .param()
+        .as_deref(),
         Some("top_k")
     );
 }
@@ -556,13 +605,18 @@ fn unsupported_parameters_are_refused_or_dropped() {
         r[field] = value;
         let e = err(r.clone());
         assert_eq!(e.param().as_deref(), Some(field), "{field}");
-        assert!(e.to_string().contains("provider 'br'") && e.to_string().contains("bedrock"), "{e}");
+        assert!(
+            e.to_string().contains("provider 'br'") && e.to_string().contains("bedrock"),
+            "{e}"
+        );
         let lenient = adapter_with(json!({"drop_unsupported_params": true}));
         assert!(body_for(&lenient, r, CLAUDE).is_ok(), "{field} dropped");
     }
     // Harmless values and OpenAI-side fields pass.
-    let b = body(json!({"messages": [user("x")], "n": 1, "presence_penalty": 0, "store": true,
-        "metadata": {"a": "b"}, "user": "u1", "modalities": ["text"], "service_tier": "auto"}));
+    let b = body(
+        json!({"messages": [user("x")], "n": 1, "presence_penalty": 0, "store": true,
+        "metadata": {"a": "b"}, "user": "u1", "modalities": ["text"], "service_tier": "auto"}),
+    );
     assert!(b.get("serviceTier").is_none() && b.get("requestMetadata").is_none());
     let b = body(json!({"messages": [user("x")], "service_tier": "flex"}));
     assert_eq!(b["serviceTier"], json!({"type": "flex"}));
@@ -584,7 +638,12 @@ fn native_bedrock_fields_pass_through() {
         "the client's own field wins"
     );
     assert_eq!(b["serviceTier"], json!({"type": "priority"}));
-    for k in ["additionalModelResponseFieldPaths", "requestMetadata", "promptVariables", "performanceConfig"] {
+    for k in [
+        "additionalModelResponseFieldPaths",
+        "requestMetadata",
+        "promptVariables",
+        "performanceConfig",
+    ] {
         assert!(b.get(k).is_some(), "{k}");
     }
 }
@@ -596,15 +655,24 @@ fn reasoning_effort_per_model_family() {
         b["additionalModelRequestFields"]["thinking"],
         json!({"type": "enabled", "budget_tokens": 2048})
     );
-    assert_eq!(b["inferenceConfig"]["maxTokens"], 2048 + request::DEFAULT_MAX_TOKENS);
-    let b = body(json!({"messages": [user("x")], "reasoning_effort": "high", "max_completion_tokens": 3000}));
-    assert_eq!(b["additionalModelRequestFields"]["thinking"]["budget_tokens"], 2999);
+    assert_eq!(
+        b["inferenceConfig"]["maxTokens"],
+        2048 + request::DEFAULT_MAX_TOKENS
+    );
+    let b = body(
+        json!({"messages": [user("x")], "reasoning_effort": "high", "max_completion_tokens": 3000}),
+    );
+    assert_eq!(
+        b["additionalModelRequestFields"]["thinking"]["budget_tokens"],
+        2999
+    );
     assert_eq!(
         param(json!({"messages": [user("x")], "reasoning_effort": "high", "max_completion_tokens": 1000})).as_deref(),
         Some("max_completion_tokens")
     );
     assert_eq!(
-        param(json!({"messages": [user("x")], "reasoning_effort": "low", "temperature": 0.3})).as_deref(),
+        param(json!({"messages": [user("x")], "reasoning_effort": "low", "temperature": 0.3}))
+            .as_deref(),
         Some("temperature")
     );
     assert_eq!(
@@ -616,21 +684,50 @@ fn reasoning_effort_per_model_family() {
         Some("reasoning_effort")
     );
     // Continuing a tool loop: no thinking (its signatures cannot be replayed).
-    let b = body(json!({"messages": [user("x"), {"role": "assistant", "reasoning_content": "hm", "tool_calls": [call("c", "get", "{}")]},
-        tool_msg("c", json!("r"))], "reasoning_effort": "low", "tools": [func("get")]}));
+    let b = body(
+        json!({"messages": [user("x"), {"role": "assistant", "reasoning_content": "hm", "tool_calls": [call("c", "get", "{}")]},
+        tool_msg("c", json!("r"))], "reasoning_effort": "low", "tools": [func("get")]}),
+    );
     assert!(b.get("additionalModelRequestFields").is_none());
     assert_eq!(b["messages"][1]["content"].as_array().unwrap().len(), 1);
-    let b = body(json!({"messages": [user("x")], "thinking": {"type": "enabled", "budget_tokens": 5000}}));
-    assert_eq!(b["additionalModelRequestFields"]["thinking"]["budget_tokens"], 5000);
-    let nova = body_for(&adapter(), json!({"messages": [user("x")], "reasoning_effort": "xhigh"}), NOVA).unwrap();
+    let b = body(
+        json!({"messages": [user("x")], "thinking": {"type": "enabled", "budget_tokens": 5000}}),
+    );
+    assert_eq!(
+        b["additionalModelRequestFields"]["thinking"]["budget_tokens"],
+        5000
+    );
+    let nova = body_for(
+        &adapter(),
+        json!({"messages": [user("x")], "reasoning_effort": "xhigh"}),
+        NOVA,
+    )
+    .unwrap();
     assert_eq!(
         nova["additionalModelRequestFields"],
         json!({"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "high"}})
     );
-    let oss = body_for(&adapter(), json!({"messages": [user("x")], "reasoning_effort": "minimal"}), "openai.gpt-oss-120b-1:0").unwrap();
-    assert_eq!(oss["additionalModelRequestFields"], json!({"reasoning_effort": "low"}));
-    assert!(body_for(&adapter(), json!({"messages": [user("x")], "reasoning_effort": "low"}), "meta.llama3").is_err());
-    assert!(body(json!({"messages": [user("x")], "reasoning_effort": "none"})).get("additionalModelRequestFields").is_none());
+    let oss = body_for(
+        &adapter(),
+        json!({"messages": [user("x")], "reasoning_effort": "minimal"}),
+        "openai.gpt-oss-120b-1:0",
+    )
+    .unwrap();
+    assert_eq!(
+        oss["additionalModelRequestFields"],
+        json!({"reasoning_effort": "low"})
+    );
+    assert!(body_for(
+        &adapter(),
+        json!({"messages": [user("x")], "reasoning_effort": "low"}),
+        "meta.llama3"
+    )
+    .is_err());
+    assert!(
+        body(json!({"messages": [user("x")], "reasoning_effort": "none"}))
+            .get("additionalModelRequestFields")
+            .is_none()
+    );
 }
 
 #[test]
@@ -642,29 +739,62 @@ fn cache_control_becomes_cache_points() {
         {"role": "assistant", "content": "a", "cache_control": cc},
         {"role": "user", "content": [{"type": "text", "text": " ", "cache_control": cc}]}],
         "tools": [{"type": "function", "function": {"name": "get"}, "cache_control": cc}]}));
-    assert_eq!(b["system"], json!([{"text": "Long system."}, {"cachePoint": {"type": "default"}}]));
+    assert_eq!(
+        b["system"],
+        json!([{"text": "Long system."}, {"cachePoint": {"type": "default"}}])
+    );
     assert_eq!(
         b["messages"][0]["content"],
         json!([{"text": "doc"}, {"cachePoint": {"type": "default", "ttl": "1h"}}, {"text": "q"}])
     );
-    assert_eq!(b["messages"][1]["content"], json!([{"text": "a"}, {"cachePoint": {"type": "default"}}]));
-    assert_eq!(b["messages"].as_array().unwrap().len(), 2, "a blank message is dropped with its mark");
-    assert_eq!(b["toolConfig"]["tools"][1], json!({"cachePoint": {"type": "default"}}));
+    assert_eq!(
+        b["messages"][1]["content"],
+        json!([{"text": "a"}, {"cachePoint": {"type": "default"}}])
+    );
+    assert_eq!(
+        b["messages"].as_array().unwrap().len(),
+        2,
+        "a blank message is dropped with its mark"
+    );
+    assert_eq!(
+        b["toolConfig"]["tools"][1],
+        json!({"cachePoint": {"type": "default"}})
+    );
     // auto_cache: after system and (Claude) tools, only when the client placed none.
     let a = adapter_with(json!({"auto_cache": true}));
     let r = json!({"messages": [{"role": "system", "content": "s"}, user("x")], "tools": [func("get")], "response_format": {"type": "json_object"}});
     let b = body_for(&a, r.clone(), CLAUDE).unwrap();
     assert_eq!(b["system"][1], json!({"cachePoint": {"type": "default"}}));
-    assert_eq!(b["toolConfig"]["tools"][1], json!({"cachePoint": {"type": "default"}}), "before the JSON tool");
+    assert_eq!(
+        b["toolConfig"]["tools"][1],
+        json!({"cachePoint": {"type": "default"}}),
+        "before the JSON tool"
+    );
     let b = body_for(&a, r.clone(), NOVA).unwrap();
     assert_eq!(b["system"][1], json!({"cachePoint": {"type": "default"}}));
-    assert!(!b["toolConfig"]["tools"].as_array().unwrap().iter().any(|t| t.get("cachePoint").is_some()));
+    assert!(!b["toolConfig"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t.get("cachePoint").is_some()));
     let b = body_for(&adapter(), r, CLAUDE).unwrap();
-    assert_eq!(b["system"].as_array().unwrap().len(), 1, "no auto_cache, no marks");
+    assert_eq!(
+        b["system"].as_array().unwrap().len(),
+        1,
+        "no auto_cache, no marks"
+    );
     let marked = json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "x", "cache_control": cc}]}]});
-    assert_eq!(body_for(&a, marked, CLAUDE).unwrap()["system"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        body_for(&a, marked, CLAUDE).unwrap()["system"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // A top-level Anthropic-style marker asks for the same placement.
-    let b = body(json!({"messages": [{"role": "system", "content": "s"}, user("x")], "cache_control": cc}));
+    let b = body(
+        json!({"messages": [{"role": "system", "content": "s"}, user("x")], "cache_control": cc}),
+    );
     assert_eq!(b["system"][1], json!({"cachePoint": {"type": "default"}}));
 }
 
@@ -709,10 +839,17 @@ fn non_stream_answers_translate() {
     );
     assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(
-        (out["usage"]["prompt_tokens"].as_u64(), out["usage"]["completion_tokens"].as_u64(), out["usage"]["total_tokens"].as_u64()),
+        (
+            out["usage"]["prompt_tokens"].as_u64(),
+            out["usage"]["completion_tokens"].as_u64(),
+            out["usage"]["total_tokens"].as_u64()
+        ),
         (Some(2250), Some(88), Some(2338))
     );
-    assert_eq!(out["usage"]["prompt_tokens_details"], json!({"cached_tokens": 1920, "cache_write_tokens": 100}));
+    assert_eq!(
+        out["usage"]["prompt_tokens_details"],
+        json!({"cached_tokens": 1920, "cache_write_tokens": 100})
+    );
     for (stop, finish) in [
         ("end_turn", "stop"),
         ("stop_sequence", "stop"),
@@ -725,12 +862,18 @@ fn non_stream_answers_translate() {
         ("malformed_tool_use", "stop"),
         ("something_new", "stop"),
     ] {
-        let out = answer(&req, json!({"output": {"message": {"content": [{"text": "t"}]}}, "stopReason": stop, "usage": {}}));
+        let out = answer(
+            &req,
+            json!({"output": {"message": {"content": [{"text": "t"}]}}, "stopReason": stop, "usage": {}}),
+        );
         assert_eq!(out["choices"][0]["finish_reason"], finish, "{stop}");
     }
     let a = adapter();
     for bad in [&b"<html>"[..], br#"{"message":"x"}"#, b""] {
-        assert_eq!(a.chat_response(&req, CLAUDE, bad).unwrap_err().kind, FailureKind::Protocol);
+        assert_eq!(
+            a.chat_response(&req, CLAUDE, bad).unwrap_err().kind,
+            FailureKind::Protocol
+        );
     }
 }
 
@@ -775,30 +918,132 @@ fn error_of(status: u16, kind: Option<&str>, body: &str) -> UpstreamFailure {
 #[test]
 fn errors_map_to_openai_vocabulary() {
     let cases: &[(u16, Option<&str>, &str, &str, &str, bool)] = &[
-        (400, Some("ValidationException"), "Malformed input request", "invalid_request_error", "invalid_request_error", false),
-        (400, Some("ValidationException"), "Input is too long for requested model.", "invalid_request_error", "context_length_exceeded", false),
-        (400, None, "The provided model identifier is invalid.", "invalid_request_error", "model_not_found", false),
-        (403, Some("AccessDeniedException"), "You don't have access to the model", "permission_error", "permission_denied", false),
-        (403, Some("UnrecognizedClientException"), "The security token included in the request is invalid.", "authentication_error", "invalid_api_key", false),
-        (403, Some("InvalidSignatureException"), "The request signature we calculated does not match", "authentication_error", "invalid_api_key", false),
-        (404, Some("ResourceNotFoundException"), "Model not found", "invalid_request_error", "model_not_found", false),
-        (408, Some("ModelTimeoutException"), "timed out", "timeout_error", "timeout", true),
-        (429, Some("ThrottlingException"), "Too many requests, please wait before trying again.", "rate_limit_error", "rate_limit_exceeded", true),
-        (429, Some("ServiceQuotaExceededException"), "quota", "rate_limit_error", "rate_limit_exceeded", true),
-        (429, Some("ModelNotReadyException"), "not ready", "server_error", "model_not_ready", true),
-        (500, Some("InternalServerException"), "oops", "server_error", "server_error", true),
-        (503, Some("ServiceUnavailableException"), "busy", "server_error", "service_unavailable", true),
+        (
+            400,
+            Some("ValidationException"),
+            "Malformed input request",
+            "invalid_request_error",
+            "invalid_request_error",
+            false,
+        ),
+        (
+            400,
+            Some("ValidationException"),
+            "Input is too long for requested model.",
+            "invalid_request_error",
+            "context_length_exceeded",
+            false,
+        ),
+        (
+            400,
+            None,
+            "The provided model identifier is invalid.",
+            "invalid_request_error",
+            "model_not_found",
+            false,
+        ),
+        (
+            403,
+            Some("AccessDeniedException"),
+            "You don't have access to the model",
+            "permission_error",
+            "permission_denied",
+            false,
+        ),
+        (
+            403,
+            Some("UnrecognizedClientException"),
+            "The security token included in the request is invalid.",
+            "authentication_error",
+            "invalid_api_key",
+            false,
+        ),
+        (
+            403,
+            Some("InvalidSignatureException"),
+            "The request signature we calculated does not match",
+            "authentication_error",
+            "invalid_api_key",
+            false,
+        ),
+        (
+            404,
+            Some("ResourceNotFoundException"),
+            "Model not found",
+            "invalid_request_error",
+            "model_not_found",
+            false,
+        ),
+        (
+            408,
+            Some("ModelTimeoutException"),
+            "timed out",
+            "timeout_error",
+            "timeout",
+            true,
+        ),
+        (
+            429,
+            Some("ThrottlingException"),
+            "Too many requests, please wait before trying again.",
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            true,
+        ),
+        (
+            429,
+            Some("ServiceQuotaExceededException"),
+            "quota",
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            true,
+        ),
+        (
+            429,
+            Some("ModelNotReadyException"),
+            "not ready",
+            "server_error",
+            "model_not_ready",
+            true,
+        ),
+        (
+            500,
+            Some("InternalServerException"),
+            "oops",
+            "server_error",
+            "server_error",
+            true,
+        ),
+        (
+            503,
+            Some("ServiceUnavailableException"),
+            "busy",
+            "server_error",
+            "service_unavailable",
+            true,
+        ),
     ];
     for (status, kind, message, ty, code, retry) in cases {
         let f = error_of(*status, *kind, &json!({ "message": message }).to_string());
         assert_eq!(f.kind, FailureKind::Status(*status), "{message}");
-        assert_eq!((f.error_type(), f.code()), (Some(*ty), Some(*code)), "{message}");
+        assert_eq!(
+            (f.error_type(), f.code()),
+            (Some(*ty), Some(*code)),
+            "{message}"
+        );
         assert_eq!(f.retryable(), *retry, "{message}");
         assert!(f.message.contains(message));
     }
     // 424: "retry once" per §8.5, reported as a retryable 502.
-    let f = error_of(424, Some("ModelErrorException"), r#"{"message":"The model failed"}"#);
-    assert_eq!((f.kind, f.code()), (FailureKind::Status(502), Some("model_error")));
+    let f = error_of(
+        424,
+        Some("ModelErrorException"),
+        r#"{"message":"The model failed"}"#,
+    );
+    assert_eq!(
+        (f.kind, f.code()),
+        (FailureKind::Status(502), Some("model_error"))
+    );
     assert!(f.retryable() && f.message.contains("424"));
     // JSON `__type`, a `Message` key, non-JSON bodies, retry-after, secrets.
     let f = adapter().error(
@@ -812,10 +1057,28 @@ fn errors_map_to_openai_vocabulary() {
     let f = adapter().error(502, &h, b"<html>Bad Gateway</html>");
     assert!(f.retryable() && f.message.contains("502") && f.message.contains("Bad Gateway"));
     assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
-    let f = error_of(403, Some("UnrecognizedClientException"), &json!({"message": format!("bad key AKIDEXAMPLE secret {SECRET}")}).to_string());
-    assert!(!f.message.contains(SECRET) && !f.message.contains("AKIDEXAMPLE"), "{}", f.message);
-    let client = GatewayError::Upstream { failure: error_of(400, None, r#"{"message":"The provided model identifier is invalid."}"#), attempts: 1 };
-    assert_eq!((client.status(), client.code().as_str()), (400, "model_not_found"));
+    let f = error_of(
+        403,
+        Some("UnrecognizedClientException"),
+        &json!({"message": format!("bad key AKIDEXAMPLE secret {SECRET}")}).to_string(),
+    );
+    assert!(
+        !f.message.contains(SECRET) && !f.message.contains("AKIDEXAMPLE"),
+        "{}",
+        f.message
+    );
+    let client = GatewayError::Upstream {
+        failure: error_of(
+            400,
+            None,
+            r#"{"message":"The provided model identifier is invalid."}"#,
+        ),
+        attempts: 1,
+    };
+    assert_eq!(
+        (client.status(), client.code().as_str()),
+        (400, "model_not_found")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -868,25 +1131,51 @@ fn full_stream() -> Vec<u8> {
 
 #[test]
 fn stream_translates_events_and_waits_for_metadata() {
-    let req = request(json!({"messages": [user("x")], "stream": true, "stream_options": {"include_usage": true}}));
+    let req = request(
+        json!({"messages": [user("x")], "stream": true, "stream_options": {"include_usage": true}}),
+    );
     let out = run(&req, &full_stream()).unwrap();
     assert!(out.ends_with("data: [DONE]\n\n") && out.matches("[DONE]").count() == 1);
     let c = chunks(&out);
     let id = &c[0]["id"];
-    assert!(c.iter().all(|c| &c["id"] == id && c["created"] == 7 && c["model"] == CLAUDE));
-    let deltas: Vec<&Value> = c.iter().filter_map(|c| c["choices"].get(0).map(|ch| &ch["delta"])).collect();
+    assert!(c
+        .iter()
+        .all(|c| &c["id"] == id && c["created"] == 7 && c["model"] == CLAUDE));
+    let deltas: Vec<&Value> = c
+        .iter()
+        .filter_map(|c| c["choices"].get(0).map(|ch| &ch["delta"]))
+        .collect();
     assert_eq!(*deltas[0], json!({"role": "assistant", "content": ""}));
     assert_eq!(*deltas[1], json!({"reasoning_content": "Hm."}));
     assert_eq!(*deltas[2], json!({"content": "Let me"}));
     assert_eq!(*deltas[3], json!({"content": " check."}));
-    assert_eq!(*deltas[4], json!({"tool_calls": [{"index": 0, "id": "tooluse_Ab12", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}));
-    assert_eq!(*deltas[5], json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}));
-    assert_eq!(*deltas[6], json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}));
+    assert_eq!(
+        *deltas[4],
+        json!({"tool_calls": [{"index": 0, "id": "tooluse_Ab12", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]})
+    );
+    assert_eq!(
+        *deltas[5],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]})
+    );
+    assert_eq!(
+        *deltas[6],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]})
+    );
     assert_eq!(deltas[7]["tool_calls"][0]["index"], 1);
-    assert_eq!(*deltas[8], json!({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}), "no-argument call ends as {{}}");
+    assert_eq!(
+        *deltas[8],
+        json!({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}),
+        "no-argument call ends as {{}}"
+    );
     assert_eq!(c[c.len() - 2]["choices"][0]["finish_reason"], "tool_calls");
     let usage = &c[c.len() - 1]["usage"];
-    assert_eq!((usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()), (Some(1436), Some(37)));
+    assert_eq!(
+        (
+            usage["prompt_tokens"].as_u64(),
+            usage["completion_tokens"].as_u64()
+        ),
+        (Some(1436), Some(37))
+    );
     // The finish waits for metadata: cut right after messageStop, nothing is finished yet.
     let wire = full_stream();
     let cut = wire.len() - ev("metadata", json!({"usage": {"inputTokens": 412, "outputTokens": 37, "totalTokens": 1473, "cacheReadInputTokens": 1024}, "metrics": {"latencyMs": 790}})).len();
@@ -897,7 +1186,9 @@ fn stream_translates_events_and_waits_for_metadata() {
     // ...and the end of the body finishes it without usage.
     t.finish(&mut out).unwrap();
     let text = String::from_utf8(out.to_vec()).unwrap();
-    assert!(text.contains("\"finish_reason\":\"tool_calls\"") && text.ends_with("data: [DONE]\n\n"));
+    assert!(
+        text.contains("\"finish_reason\":\"tool_calls\"") && text.ends_with("data: [DONE]\n\n")
+    );
     assert!(t.usage().is_none());
     // Without include_usage there is no usage chunk, but usage is still reported.
     let plain = request(json!({"messages": [user("x")], "stream": true}));
@@ -911,7 +1202,9 @@ fn stream_translates_events_and_waits_for_metadata() {
 
 #[test]
 fn stream_json_answer_is_content() {
-    let req = request(json!({"messages": [user("x")], "stream": true, "response_format": {"type": "json_object"}}));
+    let req = request(
+        json!({"messages": [user("x")], "stream": true, "response_format": {"type": "json_object"}}),
+    );
     let wire = [
         ev("messageStart", json!({"role": "assistant"})),
         ev("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t", "name": JSON_TOOL}}})),
@@ -923,7 +1216,14 @@ fn stream_json_answer_is_content() {
     ]
     .concat();
     let out = run(&req, &wire).unwrap();
-    let content: String = chunks(&out).iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned)).collect();
+    let content: String = chunks(&out)
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
     assert_eq!(content, "{\"a\":1}");
     assert!(out.contains("\"finish_reason\":\"stop\"") && !out.contains("tool_calls"));
 }
@@ -934,12 +1234,21 @@ fn stream_failures_before_and_after_output() {
     let start = ev("messageStart", json!({"role": "assistant"}));
     let throttled = exception_frame("throttlingException", br#"{"message":"Too many requests"}"#);
     let f = run(&req, &[start.clone(), throttled.clone()].concat()).unwrap_err();
-    assert_eq!((f.kind, f.code()), (FailureKind::Status(429), Some("rate_limit_exceeded")));
+    assert_eq!(
+        (f.kind, f.code()),
+        (FailureKind::Status(429), Some("rate_limit_exceeded"))
+    );
     assert!(f.retryable());
-    let model_err = exception_frame("modelStreamErrorException", br#"{"message":"boom","originalStatusCode":500}"#);
+    let model_err = exception_frame(
+        "modelStreamErrorException",
+        br#"{"message":"boom","originalStatusCode":500}"#,
+    );
     let f = run(&req, &[start.clone(), model_err].concat()).unwrap_err();
     assert!(f.retryable(), "a model stream error may fail over");
-    let text = ev("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}}));
+    let text = ev(
+        "contentBlockDelta",
+        json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}}),
+    );
     let out = run(&req, &[start.clone(), text.clone(), throttled].concat()).unwrap();
     assert!(out.contains("\"content\":\"Hel\""));
     let last_event = out.trim_end().rsplit("\n\n").nth(1).unwrap();
@@ -948,9 +1257,20 @@ fn stream_failures_before_and_after_output() {
     assert!(out.ends_with("data: [DONE]\n\n") && out.matches("[DONE]").count() == 1);
     // Generic `:message-type: error` frames.
     let generic = eventstream::encode(
-        &[(":message-type", eventstream::HeaderValue::String("error".into())),
-          (":error-code", eventstream::HeaderValue::String("InternalFailure".into())),
-          (":error-message", eventstream::HeaderValue::String("bad".into()))],
+        &[
+            (
+                ":message-type",
+                eventstream::HeaderValue::String("error".into()),
+            ),
+            (
+                ":error-code",
+                eventstream::HeaderValue::String("InternalFailure".into()),
+            ),
+            (
+                ":error-message",
+                eventstream::HeaderValue::String("bad".into()),
+            ),
+        ],
         b"",
     );
     assert!(run(&req, &generic).unwrap_err().retryable());
@@ -963,16 +1283,28 @@ fn stream_failures_before_and_after_output() {
     let mut bad = text.clone();
     let n = bad.len();
     bad[n - 6] ^= 1;
-    assert_eq!(run(&req, &[start.clone(), bad.clone()].concat()).unwrap_err().kind, FailureKind::Protocol);
+    assert_eq!(
+        run(&req, &[start.clone(), bad.clone()].concat())
+            .unwrap_err()
+            .kind,
+        FailureKind::Protocol
+    );
     let out = run(&req, &[start, text, bad].concat()).unwrap();
     assert!(out.contains("checksum") && out.ends_with("data: [DONE]\n\n"));
     // A JSON body where frames were expected.
-    assert_eq!(run(&req, br#"{"message":"not a stream"}"#).unwrap_err().kind, FailureKind::Protocol);
+    assert_eq!(
+        run(&req, br#"{"message":"not a stream"}"#)
+            .unwrap_err()
+            .kind,
+        FailureKind::Protocol
+    );
 }
 
 #[test]
 fn stream_split_anywhere_gives_identical_output() {
-    let req = request(json!({"messages": [user("x")], "stream": true, "stream_options": {"include_usage": true}}));
+    let req = request(
+        json!({"messages": [user("x")], "stream": true, "stream_options": {"include_usage": true}}),
+    );
     let wire = full_stream();
     let translate = |parts: &[&[u8]]| {
         let mut t = adapter().translator_with(&req, CLAUDE, 7, "chatcmpl-fixed");
@@ -993,7 +1325,9 @@ fn stream_split_anywhere_gives_identical_output() {
 
 #[test]
 fn secrets_never_reach_debug_output() {
-    let a = adapter_with(json!({"aws": {"access_key_id": "AKIDEXAMPLE", "secret_access_key": SECRET, "session_token": "sess-token-value"}}));
+    let a = adapter_with(
+        json!({"aws": {"access_key_id": "AKIDEXAMPLE", "secret_access_key": SECRET, "session_token": "sess-token-value"}}),
+    );
     let d = format!("{:?}", a.auth);
     assert!(!d.contains(SECRET) && !d.contains("sess-token-value"));
     let cfg_debug = format!("{:?}", cfg(json!({})));

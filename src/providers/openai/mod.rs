@@ -1,37 +1,32 @@
-//! OpenAI Chat Completions, and the OpenAI dialect other servers speak.
+//! OpenAI Chat Completions, and the dialects of it other servers speak (Mistral, DeepSeek,
+//! Qwen/DashScope, Azure OpenAI, vLLM/Ollama/llama.cpp).
 //!
-//! The client already speaks this format, so the adapter rewrites only what it must (the
-//! upstream model) and passes response bytes through untouched; the stream is framed into
-//! events and forwarded byte-exact, with only the usage chunk and errors looked into.
+//! The client already speaks this format, so the adapter rewrites only what it must: the
+//! upstream model, plus the per-dialect rules of [`dialect`] (the one place that knows the
+//! differences). OpenAI, the mock and Azure responses pass through byte-exact; for the
+//! other dialects each response and stream event is parsed and re-serialised only when a
+//! rule changed it, so an event that already speaks OpenAI leaves byte-exact too.
+
+pub mod dialect;
+
+pub use dialect::Dialect;
 
 use super::sse::{self, SseFramer};
 use super::{Adapter, BaseUrl, StreamTranslator, TranslatedResponse, UpstreamRequest};
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::ProviderConfig;
 use crate::types::{ChatRequest, ErrorDetail, FailureKind, GatewayError, UpstreamFailure, Usage};
 use bytes::{Bytes, BytesMut};
+use dialect::StreamUsage;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-/// Which server speaks the dialect; the differences between them live here and nowhere else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// api.openai.com: a key is required.
-    OpenAi,
-    /// vLLM, Ollama, llama.cpp and similar: the key is optional.
-    Compatible,
-    /// llmux's own fake provider (`llmux mock`), which speaks OpenAI exactly.
-    Mock,
-}
-
-impl Dialect {
-    /// The dialect of a configured kind.
-    pub fn for_kind(kind: ProviderKind) -> Dialect {
-        match kind {
-            ProviderKind::OpenaiCompatible => Dialect::Compatible,
-            ProviderKind::Mock => Dialect::Mock,
-            _ => Dialect::OpenAi,
-        }
-    }
-}
+/// What may stay unescaped in one URL path segment or query value (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Adapter for one OpenAI-dialect provider.
 pub struct OpenAiAdapter {
@@ -39,8 +34,12 @@ pub struct OpenAiAdapter {
     base_path: String,
     api_key: String,
     extra_headers: Vec<(String, String)>,
-    #[allow(dead_code)]
     dialect: Dialect,
+    drop_unsupported: bool,
+    /// Azure's `api-version` (classic deployment URLs only).
+    api_version: String,
+    /// Azure's v1 API (`{resource}/openai/v1`): OpenAI paths, deployment as body `model`.
+    azure_v1: bool,
 }
 
 impl OpenAiAdapter {
@@ -65,17 +64,95 @@ impl OpenAiAdapter {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             dialect,
+            drop_unsupported: cfg.drop_unsupported_params,
+            api_version: cfg
+                .api_version
+                .clone()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| dialect::DEFAULT_AZURE_API_VERSION.into()),
+            azure_v1: dialect == Dialect::Azure && base.path.ends_with("/openai/v1"),
         }
+    }
+
+    /// The dialect this adapter speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     fn headers(&self) -> Vec<(String, String)> {
         let mut h = Vec::with_capacity(3 + self.extra_headers.len());
         h.push(("content-type".into(), "application/json".into()));
         if !self.api_key.is_empty() {
-            h.push(("authorization".into(), format!("Bearer {}", self.api_key)));
+            h.push(self.dialect.auth_header(&self.api_key));
         }
         h.extend(self.extra_headers.iter().cloned());
         h
+    }
+
+    /// Azure classic: the deployment and the API version are in the URL.
+    fn azure_classic(&self) -> bool {
+        self.dialect == Dialect::Azure && !self.azure_v1
+    }
+
+    fn stream_usage(&self) -> StreamUsage {
+        let version = self.azure_classic().then_some(self.api_version.as_str());
+        self.dialect.stream_usage(version)
+    }
+
+    fn chat_path(&self, model: &str) -> String {
+        if self.azure_classic() {
+            format!(
+                "{}/openai/deployments/{}/chat/completions?api-version={}",
+                self.base_path,
+                utf8_percent_encode(model, SEGMENT),
+                utf8_percent_encode(&self.api_version, SEGMENT)
+            )
+        } else {
+            format!("{}/chat/completions", self.base_path)
+        }
+    }
+
+    /// A failure for a finish reason that means the generation failed.
+    fn finish_failure(&self, (status, why): (u16, &'static str)) -> UpstreamFailure {
+        UpstreamFailure::new(&self.name, FailureKind::Status(status), why)
+    }
+
+    /// Non-stream body for the dialects that need fixing ([`Dialect::normalizes_responses`]).
+    fn normalized_response(&self, body: &[u8]) -> Result<TranslatedResponse, UpstreamFailure> {
+        let protocol = |why: String| UpstreamFailure::new(&self.name, FailureKind::Protocol, why);
+        let mut v: Value = serde_json::from_slice(body).map_err(|e| {
+            protocol(format!(
+                "the provider's response is not a chat completion: {e}"
+            ))
+        })?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(protocol(
+                "the provider's response is not a JSON object".into(),
+            ));
+        };
+        if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
+            // Some servers report errors with a 200.
+            return Err(self.error(500, &http::HeaderMap::new(), body));
+        }
+        let Some(Value::Array(choices)) = obj.get_mut("choices") else {
+            return Err(protocol("the provider's response has no `choices`".into()));
+        };
+        let mut changed = false;
+        for choice in choices.iter_mut() {
+            changed |= dialect::normalize_choice(self.dialect, choice)
+                .map_err(|f| self.finish_failure(f))?;
+        }
+        let mut usage = None;
+        if let Some(u) = obj.get_mut("usage").filter(|u| u.is_object()) {
+            changed |= dialect::normalize_usage(u);
+            usage = serde_json::from_value::<Usage>(u.clone()).ok();
+        }
+        let body = if changed {
+            Bytes::from(serde_json::to_vec(&v).map_err(|e| protocol(e.to_string()))?)
+        } else {
+            Bytes::copy_from_slice(body)
+        };
+        Ok(TranslatedResponse { body, usage })
     }
 }
 
@@ -141,21 +218,39 @@ impl Adapter for OpenAiAdapter {
         req: &ChatRequest,
         model: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let stream_options = req.stream.then(|| OutgoingStreamOptions {
-            include_usage: true,
-            extra: req.stream_options.as_ref().map(|o| &o.extra),
-        });
-        let body = serde_json::to_vec(&OutgoingRequest {
+        let stream_usage = self.stream_usage();
+        let stream_options =
+            (req.stream && stream_usage == StreamUsage::Ask).then(|| OutgoingStreamOptions {
+                include_usage: true,
+                extra: req.stream_options.as_ref().map(|o| &o.extra),
+            });
+        let outgoing = OutgoingRequest {
             model,
             stream_options,
             request: req,
-        })
-        .map_err(|e| GatewayError::Internal {
+        };
+        let internal = |e: serde_json::Error| GatewayError::Internal {
             message: format!("could not serialise the upstream request: {e}"),
-        })?;
+        };
+        let body = if self.dialect.rewrites_request() {
+            let mut body = match serde_json::to_value(&outgoing).map_err(internal)? {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            let cx = dialect::Ctx {
+                provider: &self.name,
+                dialect: self.dialect,
+                drop_unsupported: self.drop_unsupported,
+                stream_usage,
+            };
+            dialect::rewrite_request(&cx, req, model, &mut body)?;
+            serde_json::to_vec(&body).map_err(internal)?
+        } else {
+            serde_json::to_vec(&outgoing).map_err(internal)?
+        };
         Ok(UpstreamRequest {
             method: "POST",
-            path: format!("{}/chat/completions", self.base_path),
+            path: self.chat_path(model),
             headers: self.headers(),
             body: Bytes::from(body),
         })
@@ -167,6 +262,9 @@ impl Adapter for OpenAiAdapter {
         _model: &str,
         body: &[u8],
     ) -> Result<TranslatedResponse, UpstreamFailure> {
+        if self.dialect.normalizes_responses() {
+            return self.normalized_response(body);
+        }
         let probe: ResponseProbe = serde_json::from_slice(body).map_err(|e| {
             UpstreamFailure::new(
                 &self.name,
@@ -193,6 +291,7 @@ impl Adapter for OpenAiAdapter {
 
     fn stream_translator(&self, req: &ChatRequest, _model: &str) -> Box<dyn StreamTranslator> {
         Box::new(PassthroughStream {
+            dialect: self.dialect,
             client_wants_usage: req.wants_stream_usage(),
             provider: self.name.clone(),
             api_key: self.api_key.clone(),
@@ -200,19 +299,38 @@ impl Adapter for OpenAiAdapter {
             usage: None,
             done: false,
             forwarded: false,
+            tool_choices: Vec::new(),
+            finished: false,
         })
     }
 
     fn error(&self, status: u16, headers: &http::HeaderMap, body: &[u8]) -> UpstreamFailure {
-        openai_error(&self.name, &self.api_key, status, headers, body)
+        dialect_error(
+            self.dialect,
+            &self.name,
+            &self.api_key,
+            status,
+            headers,
+            body,
+        )
     }
 
     fn probe_request(&self, _model: &str) -> UpstreamRequest {
         let mut headers = self.headers();
         headers.retain(|(k, _)| k != "content-type");
+        // Listing models costs no tokens; on Azure it also proves the key and the version.
+        let path = if self.azure_classic() {
+            format!(
+                "{}/openai/models?api-version={}",
+                self.base_path,
+                utf8_percent_encode(&self.api_version, SEGMENT)
+            )
+        } else {
+            format!("{}/models", self.base_path)
+        };
         UpstreamRequest {
             method: "GET",
-            path: format!("{}/models", self.base_path),
+            path,
             headers,
             body: Bytes::new(),
         }
@@ -259,8 +377,37 @@ pub fn openai_error(
     f
 }
 
-/// Forwards an OpenAI stream event by event, untouched.
+/// Maps an error in the dialect's shapes and vocabulary: the OpenAI envelope first, then the
+/// other shapes these servers use, then the dialect's codes ([`dialect::adjust_failure`]).
+pub fn dialect_error(
+    dialect: Dialect,
+    provider: &str,
+    api_key: &str,
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> UpstreamFailure {
+    let mut f = openai_error(provider, api_key, status, headers, body);
+    if matches!(dialect, Dialect::OpenAi | Dialect::Mock) {
+        return f;
+    }
+    if f.detail.is_none() {
+        if let Some((message, detail)) = dialect::other_error_shape(body) {
+            if !message.is_empty() {
+                f.message = super::scrub_secret(&message, api_key);
+            }
+            f.detail = Some(Box::new(detail));
+        }
+    }
+    dialect::adjust_failure(dialect, status, &mut f);
+    f.permanent |= f.code() == Some("insufficient_quota");
+    f
+}
+
+/// Forwards an OpenAI-dialect stream event by event: untouched for OpenAI, the mock and
+/// Azure; parsed and fixed per the dialect's rules for the others.
 struct PassthroughStream {
+    dialect: Dialect,
     /// The client asked for the usage chunk; otherwise it is read and not forwarded.
     client_wants_usage: bool,
     provider: String,
@@ -269,6 +416,10 @@ struct PassthroughStream {
     usage: Option<Usage>,
     done: bool,
     forwarded: bool,
+    /// Choice indexes that streamed a tool call (for the `stop` → `tool_calls` fix).
+    tool_choices: Vec<u64>,
+    /// A chunk with a `finish_reason` went by.
+    finished: bool,
 }
 
 /// Finds `needle` in `hay` (small needles; a byte scan, no parse).
@@ -276,8 +427,25 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Copies the chunk identity (`id`, `object`, `created`, `model`, `system_fingerprint`) into
+/// a usage-only chunk, as OpenAI sends it last.
+fn usage_chunk(chunk: &Map<String, Value>, usage: Value) -> Value {
+    let mut out = Map::new();
+    for key in ["id", "object", "created", "model", "system_fingerprint"] {
+        if let Some(v) = chunk.get(key) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    out.insert("choices".into(), Value::Array(Vec::new()));
+    out.insert("usage".into(), usage);
+    Value::Object(out)
+}
+
 impl PassthroughStream {
     fn handle(&mut self, event: Bytes, out: &mut BytesMut) -> Result<(), UpstreamFailure> {
+        if self.dialect.normalizes_responses() {
+            return self.handle_dialect(event, out);
+        }
         let (_, data) = sse::parse_event(&event);
         let data = data.trim_ascii();
         if data == b"[DONE]" {
@@ -301,14 +469,128 @@ impl PassthroughStream {
                 choices: Vec<serde::de::IgnoredAny>,
             }
             if let Ok(u) = serde_json::from_slice::<UsageChunk>(data) {
+                // Only a chunk that carries usage is a usage chunk: Azure's first chunk
+                // also has `choices: []` (prompt filter results) and must reach the client.
+                let is_usage_chunk = u.usage.is_some() && u.choices.is_empty();
                 self.usage = u.usage.or(self.usage.take());
-                if u.choices.is_empty() && !self.client_wants_usage {
+                if is_usage_chunk && !self.client_wants_usage {
                     // llmux asked for this usage-only chunk; the client did not.
                     return Ok(());
                 }
             }
         }
         out.extend_from_slice(&event);
+        self.forwarded = true;
+        Ok(())
+    }
+
+    /// One event of a dialect that departs from OpenAI: parsed, fixed, and re-serialised
+    /// only if a rule changed it.
+    fn handle_dialect(&mut self, event: Bytes, out: &mut BytesMut) -> Result<(), UpstreamFailure> {
+        let (_, data) = sse::parse_event(&event);
+        let data = data.trim_ascii();
+        if data.is_empty() {
+            // Keep-alive comments and blank lines (DeepSeek under load, §5.3). Held back until
+            // real output starts, so they neither commit the response nor end failover.
+            if self.forwarded {
+                out.extend_from_slice(&event);
+            }
+            return Ok(());
+        }
+        if data == b"[DONE]" {
+            self.done = true;
+            return self.forward(event, out);
+        }
+        let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(data) else {
+            return self.forward(event, out);
+        };
+        if (chunk.contains_key("error") && !chunk.contains_key("choices"))
+            || chunk.get("object").and_then(Value::as_str) == Some("error")
+        {
+            let failure = dialect_error(
+                self.dialect,
+                &self.provider,
+                &self.api_key,
+                500,
+                &http::HeaderMap::new(),
+                data,
+            );
+            if !self.forwarded {
+                return Err(failure);
+            }
+            return self.forward(event, out);
+        }
+        let mut changed = false;
+        let mut has_choices = false;
+        if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
+            has_choices = !choices.is_empty();
+            for choice in choices.iter_mut().filter_map(Value::as_object_mut) {
+                let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
+                    if self.dialect == Dialect::Mistral {
+                        changed |= dialect::flatten_content_parts(delta);
+                    }
+                    let calls = delta
+                        .get("tool_calls")
+                        .and_then(Value::as_array)
+                        .is_some_and(|c| !c.is_empty());
+                    if calls && !self.tool_choices.contains(&index) {
+                        self.tool_choices.push(index);
+                    }
+                }
+                if choice.get("finish_reason").is_some_and(|r| !r.is_null()) {
+                    self.finished = true;
+                }
+                let had_calls = self.tool_choices.contains(&index);
+                changed |= dialect::fix_finish(self.dialect, choice, had_calls).map_err(
+                    |(status, why)| {
+                        UpstreamFailure::new(&self.provider, FailureKind::Status(status), why)
+                    },
+                )?;
+            }
+        }
+        let usage = match chunk.get_mut("usage") {
+            Some(u) if u.is_object() => {
+                changed |= dialect::normalize_usage(u);
+                if let Ok(parsed) = serde_json::from_value::<Usage>(u.clone()) {
+                    self.usage = Some(parsed);
+                }
+                true
+            }
+            _ => false,
+        };
+        if usage && !has_choices {
+            if !self.client_wants_usage {
+                return Ok(());
+            }
+        } else if usage {
+            // Usage on a content chunk (Mistral, DeepSeek): OpenAI sends it in a chunk of its
+            // own, and only when asked (pitfall 20).
+            let moved = chunk.shift_remove("usage").unwrap_or(Value::Null);
+            self.emit(&Value::Object(chunk.clone()), out)?;
+            if self.client_wants_usage {
+                self.emit(&usage_chunk(&chunk, moved), out)?;
+            }
+            return Ok(());
+        }
+        if changed {
+            self.emit(&Value::Object(chunk), out)
+        } else {
+            self.forward(event, out)
+        }
+    }
+
+    fn forward(&mut self, event: Bytes, out: &mut BytesMut) -> Result<(), UpstreamFailure> {
+        out.extend_from_slice(&event);
+        self.forwarded = true;
+        Ok(())
+    }
+
+    fn emit(&mut self, chunk: &Value, out: &mut BytesMut) -> Result<(), UpstreamFailure> {
+        let json = serde_json::to_vec(chunk).map_err(|e| {
+            UpstreamFailure::new(&self.provider, FailureKind::Protocol, e.to_string())
+        })?;
+        sse::data_event(out, &json);
         self.forwarded = true;
         Ok(())
     }
@@ -328,6 +610,11 @@ impl StreamTranslator for PassthroughStream {
             // A last event without its blank line is still an event.
             rest.extend_from_slice(b"\n\n");
             self.handle(rest.freeze(), out)?;
+        }
+        if !self.done && self.finished && self.dialect.done_optional() {
+            // The server finished and closed without the sentinel: the answer is whole.
+            out.extend_from_slice(sse::DONE);
+            self.done = true;
         }
         if self.done {
             Ok(())
