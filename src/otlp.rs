@@ -791,6 +791,7 @@ impl Exporter {
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            let room = MAX_BATCH - batch.len(); // > 0: a full batch is sent at once
             // Ticks before the queue, so a constantly busy queue cannot starve them.
             tokio::select! {
                 biased;
@@ -812,7 +813,7 @@ impl Exporter {
                         reported_drops = dropped;
                     }
                 }
-                n = rx.recv_many(&mut batch, MAX_BATCH - batch.len()) => {
+                n = rx.recv_many(&mut batch, room) => {
                     if n == 0 {
                         break; // every sender gone: cannot happen while `self` holds one
                     }

@@ -769,3 +769,568 @@ mod tests {
         assert!(adapter().chat_response(&req, "m", b"<html>").is_err());
     }
 }
+
+/// One golden test per dialect rule (the corpus replay is `tests/corpus_openai_dialects.rs`).
+#[cfg(test)]
+mod dialect_rules {
+    use super::*;
+    use serde_json::json;
+
+    fn adapter(kind: &str, base: &str, extra: Value) -> OpenAiAdapter {
+        let mut cfg =
+            json!({"name": "p", "kind": kind, "base_url": base, "api_key": "sk-secret-9876"});
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let cfg: ProviderConfig = serde_json::from_value(cfg).unwrap();
+        let dialect = Dialect::for_kind(cfg.kind);
+        OpenAiAdapter::new(&cfg, &BaseUrl::parse(base).unwrap(), dialect)
+    }
+
+    fn mistral() -> OpenAiAdapter {
+        adapter("mistral", "https://api.mistral.ai/v1", json!({}))
+    }
+
+    fn deepseek() -> OpenAiAdapter {
+        adapter("deepseek", "https://api.deepseek.com", json!({}))
+    }
+
+    fn azure(version: &str) -> OpenAiAdapter {
+        adapter(
+            "azure_openai",
+            "https://res.openai.azure.com",
+            json!({"api_version": version}),
+        )
+    }
+
+    fn compatible() -> OpenAiAdapter {
+        let cfg: ProviderConfig = serde_json::from_value(
+            json!({"name": "local", "kind": "openai_compatible", "base_url": "http://127.0.0.1:11434/v1"}),
+        )
+        .unwrap();
+        OpenAiAdapter::new(
+            &cfg,
+            &BaseUrl::parse("http://127.0.0.1:11434/v1").unwrap(),
+            Dialect::Compatible,
+        )
+    }
+
+    fn req(v: Value) -> ChatRequest {
+        let mut v = v;
+        v["model"] = "alias".into();
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn sent(a: &OpenAiAdapter, v: Value, model: &str) -> Value {
+        let up = a.chat_request(&req(v), model).unwrap();
+        serde_json::from_slice(&up.body).unwrap()
+    }
+
+    fn refused(a: &OpenAiAdapter, v: Value) -> GatewayError {
+        a.chat_request(&req(v), "m").unwrap_err()
+    }
+
+    fn stream(a: &OpenAiAdapter, wants_usage: bool, wire: &[u8]) -> (Vec<Value>, Option<Usage>) {
+        let r = req(
+            json!({"messages": [{"role": "user", "content": "x"}], "stream": true,
+            "stream_options": {"include_usage": wants_usage}}),
+        );
+        let mut t = a.stream_translator(&r, "m");
+        let mut out = BytesMut::new();
+        t.feed(wire, &mut out).unwrap();
+        t.finish(&mut out).unwrap();
+        (events(&out), t.usage())
+    }
+
+    /// The `data:` payloads of an SSE body (`[DONE]` as a string).
+    fn events(out: &[u8]) -> Vec<Value> {
+        String::from_utf8_lossy(out)
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.into())))
+            .collect()
+    }
+
+    const USER: fn() -> Value = || json!({"role": "user", "content": "hi"});
+
+    // --- mistral -------------------------------------------------------------------------
+
+    #[test]
+    fn mistral_rewrites_tool_call_ids_the_same_way_everywhere() {
+        let body = sent(
+            &mistral(),
+            json!({"messages": [USER(),
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "toolu_01ABC", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                    {"id": "VB03LVVRm", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "toolu_01ABC", "content": "1"},
+                {"role": "tool", "tool_call_id": "VB03LVVRm", "content": "2"}]}),
+            "mistral-large-latest",
+        );
+        let new = body["messages"][1]["tool_calls"][0]["id"].as_str().unwrap();
+        assert!(dialect::is_mistral_id(new), "{new}");
+        assert_eq!(new, dialect::mistral_tool_call_id("toolu_01ABC"));
+        assert_eq!(body["messages"][2]["tool_call_id"], new);
+        assert_eq!(body["messages"][1]["tool_calls"][1]["id"], "VB03LVVRm");
+        assert_eq!(body["messages"][3]["tool_call_id"], "VB03LVVRm");
+        assert!(
+            body["messages"][1].get("content").is_none(),
+            "empty content dropped"
+        );
+    }
+
+    #[test]
+    fn mistral_drops_empty_assistant_turns_and_refuses_a_conversation_of_them() {
+        let body = sent(
+            &mistral(),
+            json!({"messages": [USER(), {"role": "assistant", "content": ""}, USER()]}),
+            "m",
+        );
+        assert_eq!(body["messages"].as_array().unwrap().len(), 2);
+        let e = refused(
+            &mistral(),
+            json!({"messages": [{"role": "assistant", "content": []}]}),
+        );
+        assert_eq!(e.param().as_deref(), Some("messages[0].content"));
+    }
+
+    #[test]
+    fn mistral_maps_parameters() {
+        let body = sent(
+            &mistral(),
+            json!({"messages": [USER()], "tool_choice": "required", "seed": 7,
+                "max_completion_tokens": 64, "max_tokens": 9, "parallel_tool_calls": false,
+                "stream": true, "stream_options": {"include_usage": true},
+                "tools": [{"type": "function", "function": {"name": "f", "strict": true,
+                    "parameters": {"$schema": "x", "type": "object", "additionalProperties": false}}}]}),
+            "m",
+        );
+        assert_eq!(body["tool_choice"], "any");
+        assert_eq!((&body["random_seed"], body.get("seed")), (&json!(7), None));
+        assert_eq!(body["max_tokens"], 64);
+        assert!(body.get("max_completion_tokens").is_none());
+        assert_eq!(body["parallel_tool_calls"], false);
+        assert!(
+            body.get("stream_options").is_none(),
+            "Mistral sends usage unasked"
+        );
+        assert_eq!(
+            body["tools"][0]["function"],
+            json!({"name": "f", "parameters": {"type": "object", "additionalProperties": false}})
+        );
+    }
+
+    #[test]
+    fn mistral_refuses_or_drops_what_it_cannot_take() {
+        for (field, value) in [
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(2)),
+            ("user", json!("u")),
+            ("logit_bias", json!({"1": 2})),
+        ] {
+            let mut r = json!({"messages": [USER()]});
+            r[field] = value;
+            let e = refused(&mistral(), r.clone());
+            assert_eq!((e.status(), e.param().as_deref()), (400, Some(field)));
+            assert!(e.to_string().contains("provider 'p' (kind mistral)"), "{e}");
+            let lenient = adapter(
+                "mistral",
+                "https://api.mistral.ai/v1",
+                json!({"drop_unsupported_params": true}),
+            );
+            assert!(sent(&lenient, r, "m").get(field).is_none());
+        }
+    }
+
+    #[test]
+    fn mistral_roles_names_and_reasoning() {
+        let body = sent(
+            &mistral(),
+            json!({"messages": [{"role": "developer", "content": "be brief", "name": "ops"},
+                {"role": "user", "content": "hi", "name": "ann"},
+                {"role": "assistant", "content": "4", "reasoning_content": "2+2", "name": "bot"},
+                USER()]}),
+            "m",
+        );
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "system", "content": "be brief"})
+        );
+        assert!(body["messages"][1].get("name").is_none());
+        assert_eq!(
+            body["messages"][2],
+            json!({"role": "assistant", "content": [
+                {"type": "thinking", "thinking": [{"type": "text", "text": "2+2"}], "closed": true},
+                {"type": "text", "text": "4"}]})
+        );
+    }
+
+    #[test]
+    fn mistral_thinking_chunks_become_reasoning_content() {
+        let body = br#"{"id":"x","object":"chat.completion","model":"magistral","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":[{"type":"thinking","thinking":[{"type":"text","text":"hm"}]},{"type":"text","text":"4"}]}}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+        let t = mistral()
+            .chat_response(&req(json!({"messages": []})), "m", body)
+            .unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role": "assistant", "content": "4", "reasoning_content": "hm"})
+        );
+        let wire = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":[{\"type\":\"thinking\",\"thinking\":[{\"type\":\"text\",\"text\":\"hm\"}]}]},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n";
+        let (ev, _) = stream(&mistral(), false, wire);
+        assert_eq!(
+            ev[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": null, "reasoning_content": "hm"})
+        );
+    }
+
+    #[test]
+    fn mistral_finish_reasons() {
+        let body = |r: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"finish_reason":"{r}","message":{{"role":"assistant","content":"a"}}}}]}}"#
+            )
+        };
+        let r = req(json!({"messages": []}));
+        let t = mistral()
+            .chat_response(&r, "m", body("model_length").as_bytes())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        let f = mistral()
+            .chat_response(&r, "m", body("error").as_bytes())
+            .unwrap_err();
+        assert!(f.retryable() && f.kind == FailureKind::Status(500));
+        let mut t = mistral().stream_translator(&req(json!({"messages": [], "stream": true})), "m");
+        let err = t.feed(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}]}\n\n",
+            &mut BytesMut::new(),
+        );
+        assert!(
+            err.is_err(),
+            "a failed generation fails the attempt before output"
+        );
+    }
+
+    #[test]
+    fn usage_on_the_last_content_chunk_is_moved_or_stripped() {
+        let wire = b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11,\"num_cached_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let (ev, usage) = stream(&mistral(), false, wire);
+        assert_eq!(ev.len(), 2);
+        assert!(ev[0].get("usage").is_none(), "not asked: no usage");
+        assert_eq!(
+            usage.unwrap().prompt_tokens_details.unwrap().cached_tokens,
+            Some(4)
+        );
+        let (ev, _) = stream(&mistral(), true, wire);
+        assert_eq!(ev.len(), 3);
+        assert!(ev[0].get("usage").is_none());
+        assert_eq!(ev[1]["choices"], json!([]));
+        assert_eq!(ev[1]["id"], "c");
+        assert_eq!(ev[1]["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+        assert_eq!(ev[2], "[DONE]");
+    }
+
+    // --- deepseek ------------------------------------------------------------------------
+
+    #[test]
+    fn deepseek_cache_hits_become_cached_tokens_and_complete_bodies_stay_byte_exact() {
+        let r = req(json!({"messages": []}));
+        let lacking = br#"{"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"4","reasoning_content":"r"}}],"usage":{"prompt_tokens":1290,"completion_tokens":30,"total_tokens":1320,"prompt_cache_hit_tokens":1280,"prompt_cache_miss_tokens":10}}"#;
+        let t = deepseek().chat_response(&r, "m", lacking).unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 1280);
+        assert_eq!(
+            v["usage"]["prompt_cache_hit_tokens"], 1280,
+            "provider fields kept"
+        );
+        assert_eq!(v["choices"][0]["message"]["reasoning_content"], "r");
+        assert_eq!(t.usage.unwrap().token_counts().cache_read, 1280);
+        let whole = br#"{"choices":[],"usage":{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":0},"prompt_cache_hit_tokens":0}}"#;
+        assert_eq!(
+            &deepseek().chat_response(&r, "m", whole).unwrap().body[..],
+            &whole[..]
+        );
+        let wire = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6,\"prompt_cache_hit_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let (ev, usage) = stream(&deepseek(), true, wire);
+        assert_eq!(ev[0]["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+        assert_eq!(
+            usage.unwrap().prompt_tokens_details.unwrap().cached_tokens,
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn deepseek_402_is_permanent_insufficient_quota() {
+        let body = br#"{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}"#;
+        let f = deepseek().error(402, &http::HeaderMap::new(), body);
+        assert!(!f.retryable() && f.permanent);
+        assert_eq!(
+            (f.code(), f.message.as_str()),
+            (Some("insufficient_quota"), "Insufficient Balance")
+        );
+        let e = GatewayError::Upstream {
+            failure: f,
+            attempts: 1,
+        };
+        assert_eq!((e.status(), e.code().as_str()), (402, "insufficient_quota"));
+    }
+
+    #[test]
+    fn deepseek_parameters() {
+        let e = refused(&deepseek(), json!({"messages": [USER()], "n": 2}));
+        assert_eq!(e.param().as_deref(), Some("n"));
+        let schema = json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {}}});
+        let e = refused(
+            &deepseek(),
+            json!({"messages": [USER()], "response_format": schema}),
+        );
+        assert_eq!(e.param().as_deref(), Some("response_format"));
+        let r = json!({"messages": [USER()], "temperature": 0.2, "top_p": 0.9, "presence_penalty": 1, "max_completion_tokens": 5});
+        let body = sent(&deepseek(), r.clone(), "deepseek-reasoner");
+        assert!(
+            body.get("temperature").is_none()
+                && body.get("top_p").is_none()
+                && body.get("presence_penalty").is_none()
+        );
+        assert_eq!(body["max_tokens"], 5);
+        let body = sent(&deepseek(), r, "deepseek-chat");
+        assert_eq!(
+            body["temperature"], 0.2,
+            "sampling kept outside thinking mode"
+        );
+        let e = a_thinking_logprobs();
+        assert_eq!(e.param().as_deref(), Some("logprobs"));
+    }
+
+    fn a_thinking_logprobs() -> GatewayError {
+        refused(
+            &deepseek(),
+            json!({"messages": [USER()], "logprobs": true, "thinking": {"type": "enabled"}}),
+        )
+    }
+
+    #[test]
+    fn deepseek_reasoning_content_is_replayed() {
+        let body = sent(
+            &deepseek(),
+            json!({"messages": [USER(), {"role": "assistant", "content": "a", "reasoning_content": "why"}, USER()]}),
+            "deepseek-reasoner",
+        );
+        assert_eq!(body["messages"][1]["reasoning_content"], "why");
+    }
+
+    #[test]
+    fn keep_alive_comments_are_held_until_output_starts() {
+        let wire = b": keep-alive\n\n: keep-alive\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n: keep-alive\n\ndata: [DONE]\n\n";
+        let r = req(json!({"messages": [], "stream": true}));
+        let mut t = deepseek().stream_translator(&r, "m");
+        let mut out = BytesMut::new();
+        t.feed(&wire[..26], &mut out).unwrap();
+        assert!(out.is_empty(), "nothing commits the response before data");
+        t.feed(&wire[26..], &mut out).unwrap();
+        t.finish(&mut out).unwrap();
+        assert_eq!(&out[..], &wire[26..], "after that, bytes pass");
+    }
+
+    #[test]
+    fn deepseek_insufficient_resources_fail_over() {
+        let body = br#"{"choices":[{"index":0,"finish_reason":"insufficient_system_resource","message":{"role":"assistant","content":""}}]}"#;
+        let f = deepseek()
+            .chat_response(&req(json!({"messages": []})), "m", body)
+            .unwrap_err();
+        assert!(f.retryable() && f.kind == FailureKind::Status(503));
+    }
+
+    // --- qwen ----------------------------------------------------------------------------
+
+    #[test]
+    fn qwen_request_keeps_vendor_fields_and_asks_for_usage() {
+        let base = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1";
+        let a = adapter("qwen", base, json!({}));
+        let up = a
+            .chat_request(
+                &req(json!({"messages": [USER()], "stream": true, "enable_thinking": true, "thinking_budget": 50, "max_completion_tokens": 9})),
+                "qwen-plus",
+            )
+            .unwrap();
+        assert_eq!(up.path, "/compatible-mode/v1/chat/completions");
+        assert!(up
+            .headers
+            .contains(&("authorization".into(), "Bearer sk-secret-9876".into())));
+        let body: Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        assert_eq!(
+            (&body["enable_thinking"], &body["thinking_budget"]),
+            (&json!(true), &json!(50))
+        );
+        assert_eq!(body["max_tokens"], 9);
+    }
+
+    #[test]
+    fn qwen_moderation_and_arrears_are_permanent() {
+        let a = adapter(
+            "qwen",
+            "https://dashscope.aliyuncs.com/compatible-mode/v1",
+            json!({}),
+        );
+        let body = br#"{"error":{"message":"Input data may contain inappropriate content.","type":"data_inspection_failed","param":null,"code":"data_inspection_failed"},"request_id":"6b1c"}"#;
+        let f = a.error(400, &http::HeaderMap::new(), body);
+        assert_eq!((f.code(), f.permanent), (Some("content_filter"), true));
+        let e = GatewayError::Upstream {
+            failure: f,
+            attempts: 1,
+        };
+        assert_eq!((e.status(), e.code().as_str()), (400, "content_filter"));
+        let f = a.error(403, &http::HeaderMap::new(), br#"{"code":"Arrearage","message":"Access denied, please make sure your account is in good standing.","request_id":"r"}"#);
+        assert_eq!((f.code(), f.permanent), (Some("insufficient_quota"), true));
+        assert!(f.message.starts_with("Access denied"));
+    }
+
+    // --- azure ---------------------------------------------------------------------------
+
+    #[test]
+    fn azure_addresses_the_deployment_with_api_key() {
+        let a = azure("2024-10-21");
+        let up = a
+            .chat_request(
+                &req(json!({"messages": [USER()], "stream": true})),
+                "gpt 4o/prod",
+            )
+            .unwrap();
+        assert_eq!(
+            up.path,
+            "/openai/deployments/gpt%204o%2Fprod/chat/completions?api-version=2024-10-21"
+        );
+        assert!(up
+            .headers
+            .contains(&("api-key".into(), "sk-secret-9876".into())));
+        assert!(!up.headers.iter().any(|(k, _)| k == "authorization"));
+        let body: Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        let probe = a.probe_request("gpt-4o");
+        assert_eq!(
+            (probe.method, probe.path.as_str()),
+            ("GET", "/openai/models?api-version=2024-10-21")
+        );
+        let v1 = adapter(
+            "azure_openai",
+            "https://res.openai.azure.com/openai/v1",
+            json!({"api_version": "preview"}),
+        );
+        assert_eq!(
+            v1.chat_request(&req(json!({"messages": [USER()]})), "dep")
+                .unwrap()
+                .path,
+            "/openai/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn azure_old_versions_get_no_stream_options() {
+        let a = azure("2024-06-01");
+        let body = sent(&a, json!({"messages": [USER()], "stream": true}), "dep");
+        assert!(body.get("stream_options").is_none());
+        let e = refused(
+            &a,
+            json!({"messages": [USER()], "stream": true, "stream_options": {"include_usage": true}}),
+        );
+        assert_eq!(e.param().as_deref(), Some("stream_options"));
+    }
+
+    #[test]
+    fn azure_prompt_filter_chunk_is_not_a_usage_chunk() {
+        let wire = b"data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"}}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\ndata: [DONE]\n\n";
+        let (ev, usage) = stream(&azure("2024-10-21"), false, wire);
+        assert_eq!(ev.len(), 3, "filter chunk kept, usage chunk stripped");
+        assert!(ev[0].get("prompt_filter_results").is_some());
+        assert_eq!(usage.unwrap().total_tokens, 6);
+        let (ev, _) = stream(&azure("2024-10-21"), true, wire);
+        assert_eq!(ev.len(), 4);
+    }
+
+    #[test]
+    fn azure_content_filter_400_and_retry_after_ms() {
+        let body = br#"{"error":{"code":"content_filter","message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","param":"prompt","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation"}}}"#;
+        let f = azure("2024-10-21").error(400, &http::HeaderMap::new(), body);
+        assert!(f.permanent && !f.retryable());
+        let e = GatewayError::Upstream {
+            failure: f,
+            attempts: 1,
+        };
+        assert_eq!(
+            (e.status(), e.code().as_str(), e.param().as_deref()),
+            (400, "content_filter", Some("prompt"))
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        let f = azure("2024-10-21").error(
+            429,
+            &h,
+            br#"{"error":{"code":"429","message":"Rate limit"}}"#,
+        );
+        assert!(f.retryable());
+        assert_eq!(f.retry_after, Some(std::time::Duration::from_millis(1500)));
+    }
+
+    // --- openai_compatible ---------------------------------------------------------------
+
+    #[test]
+    fn compatible_needs_no_key() {
+        let up = compatible()
+            .chat_request(&req(json!({"messages": [USER()]})), "llama3")
+            .unwrap();
+        assert!(!up.headers.iter().any(|(k, _)| k == "authorization"));
+        assert_eq!(up.path, "/v1/chat/completions");
+    }
+
+    #[test]
+    fn compatible_tool_calls_reported_as_stop_become_tool_calls() {
+        let body = br#"{"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#;
+        let t = compatible()
+            .chat_response(&req(json!({"messages": []})), "m", body)
+            .unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let wire = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let (ev, _) = stream(&compatible(), false, wire);
+        assert_eq!(ev[1]["choices"][0]["finish_reason"], "tool_calls");
+        let plain = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let (ev, _) = stream(&compatible(), false, plain);
+        assert_eq!(ev[0]["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn compatible_streams_without_usage_or_done_still_end_well() {
+        let wire = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\n";
+        let (ev, usage) = stream(&compatible(), true, wire);
+        assert_eq!((ev.len(), usage), (2, None));
+        assert_eq!(ev[1], "[DONE]", "the sentinel is supplied");
+        let r = req(json!({"messages": [], "stream": true}));
+        let mut t = compatible().stream_translator(&r, "m");
+        let mut out = BytesMut::new();
+        t.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n", &mut out).unwrap();
+        assert_eq!(
+            t.finish(&mut out).unwrap_err().kind,
+            FailureKind::Protocol,
+            "cut before a finish"
+        );
+    }
+
+    #[test]
+    fn compatible_error_shapes() {
+        let f = compatible().error(400, &http::HeaderMap::new(), br#"{"error":{"code":400,"message":"request (9000 tokens) exceeds the available context size (4096 tokens)","type":"exceed_context_size_error"}}"#);
+        assert_eq!(f.code(), Some("context_length_exceeded"));
+        let f = compatible().error(400, &http::HeaderMap::new(), br#"{"object":"error","message":"bad temperature","type":"BadRequestError","param":null,"code":400}"#);
+        assert_eq!(
+            (f.message.as_str(), f.code()),
+            ("bad temperature", Some("400"))
+        );
+        let f = mistral().error(422, &http::HeaderMap::new(), br#"{"detail":[{"loc":["body","temperature"],"msg":"Input should be less than or equal to 1.5 with key sk-secret-9876","type":"less_than_equal"}]}"#);
+        assert_eq!(f.param(), Some("temperature"));
+        assert!(
+            f.message.starts_with("body.temperature: Input should be")
+                && !f.message.contains("sk-secret-9876")
+        );
+    }
+}
