@@ -623,7 +623,8 @@ impl Target {
             ));
         }
         let rest = &e[scheme_end + 3..];
-        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        if rest.contains(['?', '#', '@'])
+            || rest.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(format!(
                 "OTLP endpoint `{e}`: expected http://host[:port][/path] without credentials, \
@@ -758,8 +759,12 @@ impl Exporter {
     /// failed POST drops its spans (counted in [`Exporter::dropped`]). Problems are logged at
     /// most once a minute, never with payloads. Only the first call runs; a second returns
     /// at once.
-    pub async fn run<F, M>(self: Arc<Self>, metrics_every: Duration, collect_metrics: M, shutdown: F)
-    where
+    pub async fn run<F, M>(
+        self: Arc<Self>,
+        metrics_every: Duration,
+        collect_metrics: M,
+        shutdown: F,
+    ) where
         F: Future<Output = ()> + Send,
         M: Fn() -> Vec<MetricData> + Send + Sync,
     {
@@ -775,10 +780,8 @@ impl Exporter {
         let mut log = LogLimiter::default();
         let mut reported_drops = 0u64;
         let mut batch: Vec<SpanRecord> = Vec::with_capacity(MAX_BATCH);
-        let mut flush = tokio::time::interval_at(
-            tokio::time::Instant::now() + FLUSH_EVERY,
-            FLUSH_EVERY,
-        );
+        let mut flush =
+            tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let metrics_on = !metrics_every.is_zero();
         // interval() panics on zero; the branch is disabled then anyway.
@@ -787,12 +790,13 @@ impl Exporter {
         } else {
             Duration::from_secs(3600)
         };
-        let mut metrics_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut metrics_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             let room = MAX_BATCH - batch.len(); // > 0: a full batch is sent at once
-            // Ticks before the queue, so a constantly busy queue cannot starve them.
+                                                // Ticks before the queue, so a constantly busy queue cannot starve them.
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -859,7 +863,12 @@ impl Exporter {
     }
 
     /// Sends and empties `batch`; on failure its spans are counted as dropped.
-    async fn export_spans(&self, batch: &mut Vec<SpanRecord>, timeout: Duration, log: &mut LogLimiter) {
+    async fn export_spans(
+        &self,
+        batch: &mut Vec<SpanRecord>,
+        timeout: Duration,
+        log: &mut LogLimiter,
+    ) {
         let body = encode_traces(&self.service_name, batch);
         let n = batch.len() as u64;
         batch.clear();
@@ -886,7 +895,12 @@ impl Exporter {
         if metrics.is_empty() {
             return;
         }
-        let body = encode_metrics(&self.service_name, self.started, SystemTime::now(), &metrics);
+        let body = encode_metrics(
+            &self.service_name,
+            self.started,
+            SystemTime::now(),
+            &metrics,
+        );
         drop(metrics);
         if let Err(e) = self.post(&self.target.metrics_path, &body, timeout).await {
             self.export_failures.fetch_add(1, Ordering::Relaxed);
@@ -1096,7 +1110,7 @@ mod tests {
         span.extend([0x30, 3]); // 6 kind: varint, SPAN_KIND_CLIENT = 3
         span.extend([0x39, 1, 0, 0, 0, 0, 0, 0, 0]); // 7 start_time_unix_nano: fixed64
         span.extend([0x41, 2, 0, 0, 0, 0, 0, 0, 0]); // 8 end_time_unix_nano: fixed64
-        // 9 attributes: KeyValue{1 key "a", 2 value AnyValue{1 string_value "b"}}
+                                                     // 9 attributes: KeyValue{1 key "a", 2 value AnyValue{1 string_value "b"}}
         span.extend([0x4a, 8, 0x0a, 1, b'a', 0x12, 3, 0x0a, 1, b'b']);
         // 15 status: Status{2 message "e", 3 code ERROR = 2}
         span.extend([0x7a, 5, 0x12, 1, b'e', 0x18, 2]);
@@ -1187,13 +1201,22 @@ mod tests {
                 .and_then(|v| v.value)
         };
         use proto::any_value::Value;
-        assert_eq!(attr("service.name"), Some(Value::StringValue("llmux-test".into())));
+        assert_eq!(
+            attr("service.name"),
+            Some(Value::StringValue("llmux-test".into()))
+        );
         assert_eq!(
             attr("service.version"),
             Some(Value::StringValue(env!("CARGO_PKG_VERSION").into()))
         );
-        assert_eq!(attr("telemetry.sdk.name"), Some(Value::StringValue("llmux".into())));
-        assert_eq!(rs.scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("llmux"));
+        assert_eq!(
+            attr("telemetry.sdk.name"),
+            Some(Value::StringValue("llmux".into()))
+        );
+        assert_eq!(
+            rs.scope_spans[0].scope.as_ref().map(|s| s.name.as_str()),
+            Some("llmux")
+        );
         let spans = spans_of(&req);
         assert_eq!(spans.len(), 2);
         let (r, a) = (&spans[0], &spans[1]);
@@ -1243,7 +1266,10 @@ mod tests {
                 description: "Client requests.".into(),
                 unit: "1".into(),
                 monotonic: true,
-                points: vec![(vec![("model", "m".into()), ("outcome", "success".into())], 3.0)],
+                points: vec![(
+                    vec![("model", "m".into()), ("outcome", "success".into())],
+                    3.0,
+                )],
             },
             MetricData::Gauge {
                 name: "llmux_circuit_state".into(),
@@ -1270,7 +1296,10 @@ mod tests {
         match &ms[0].data {
             Some(Data::Sum(s)) => {
                 assert!(s.is_monotonic);
-                assert_eq!(s.aggregation_temporality, proto::AGGREGATION_TEMPORALITY_CUMULATIVE);
+                assert_eq!(
+                    s.aggregation_temporality,
+                    proto::AGGREGATION_TEMPORALITY_CUMULATIVE
+                );
                 assert_eq!(s.data_points[0].start_time_unix_nano, 100_000_000_000);
                 assert_eq!(s.data_points[0].time_unix_nano, 160_000_000_000);
                 assert_eq!(
@@ -1354,7 +1383,10 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("collector", 80));
         assert_eq!(t.traces_path, "/otlp/v1/traces");
         let t = Target::parse("http://[::1]:4318").expect("ok");
-        assert_eq!((t.host.as_str(), t.port, t.authority.as_str()), ("::1", 4318, "[::1]:4318"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority.as_str()),
+            ("::1", 4318, "[::1]:4318")
+        );
         let e = Target::parse("https://collector:4318").expect_err("https");
         assert!(e.contains("https is not supported yet"), "{e}");
         for bad in [
@@ -1384,11 +1416,16 @@ mod tests {
 
     #[tokio::test]
     async fn response_reading() {
-        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await, Ok(200));
+        assert_eq!(
+            status_of(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await,
+            Ok(200)
+        );
         assert_eq!(status_of(b"HTTP/1.0 204 No Content\r\n\r\n").await, Ok(204));
         assert_eq!(
-            status_of(b"HTTP/1.1 400 Bad\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-                .await,
+            status_of(
+                b"HTTP/1.1 400 Bad\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            )
+            .await,
             Ok(400)
         );
         assert_eq!(
@@ -1445,7 +1482,12 @@ mod tests {
                             };
                             let len: usize = header("content-length").parse().expect("length");
                             assert_eq!(req.method, Some("POST"));
-                            break (n, req.path.unwrap_or("").to_owned(), header("content-type"), len);
+                            break (
+                                n,
+                                req.path.unwrap_or("").to_owned(),
+                                header("content-type"),
+                                len,
+                            );
                         }
                     };
                     while buf.len() < head_len + len {
@@ -1516,7 +1558,11 @@ mod tests {
         exp.submit(span("child 1", Some(root.span_id)));
         exp.submit(span("child 2", Some(root.span_id)));
         wait_until("the batch", || !traces(&store).is_empty()).await;
-        assert!(t0.elapsed() < Duration::from_millis(1900), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_millis(1900),
+            "{:?}",
+            t0.elapsed()
+        );
         let posts = traces(&store);
         assert_eq!(posts.len(), 1, "three spans, one POST");
         assert_eq!(posts[0].len(), 3);
@@ -1539,7 +1585,10 @@ mod tests {
         for _ in 0..5000 {
             exp.submit(one.clone());
         }
-        assert!(t0.elapsed() < Duration::from_secs(1), "submit must not block");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "submit must not block"
+        );
         assert_eq!(exp.dropped(), (5000 - QUEUE_CAPACITY) as u64);
         let (stop, task) = start(&exp, Duration::ZERO, Vec::new);
         wait_until("all queued spans", || {
@@ -1553,7 +1602,9 @@ mod tests {
         task.await.expect("run");
         assert_eq!(exp.dropped(), (5000 - QUEUE_CAPACITY) as u64);
         // A second run() returns at once.
-        exp.clone().run(Duration::ZERO, Vec::new, std::future::pending()).await;
+        exp.clone()
+            .run(Duration::ZERO, Vec::new, std::future::pending())
+            .await;
     }
 
     fn sample_metrics(n: f64) -> Vec<MetricData> {
@@ -1667,6 +1718,10 @@ mod tests {
         let t0 = Instant::now();
         task.await.expect("run");
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-        assert_eq!(exp.dropped(), 3 * MAX_BATCH as u64, "every span was lost, and counted");
+        assert_eq!(
+            exp.dropped(),
+            3 * MAX_BATCH as u64,
+            "every span was lost, and counted"
+        );
     }
 }
