@@ -65,6 +65,16 @@ type Answer = (u16, &'static str, Bytes);
 impl Admin {
     fn handle(&self, session: &Session) -> Result<Answer, GatewayError> {
         let table = self.state.table.load();
+        // The dashboard page and its static assets hold no data, and a browser cannot send a
+        // bearer with a navigation: they are public. The page sends the token the user types
+        // with every `/admin/*` call (`/admin/history` is its only data source).
+        if session.req_header().method == http::Method::GET {
+            if let Some((content_type, body)) =
+                crate::dashboard::asset(session.req_header().uri.path())
+            {
+                return Ok((200, content_type, Bytes::from_static(body)));
+            }
+        }
         if let Some(token) = table.admin_token.as_deref() {
             let given = session
                 .req_header()
@@ -86,6 +96,15 @@ impl Admin {
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 Bytes::from(self.state.metrics.render(&table.endpoints)),
+            )),
+            ("GET", "/admin/history") => Ok((
+                200,
+                "application/json",
+                Bytes::from(crate::dashboard::history_json(
+                    &self.state,
+                    &table,
+                    session.req_header().uri.query(),
+                )),
             )),
             ("GET", "/admin/endpoints") => {
                 let list: Vec<_> = table.endpoints.iter().map(|e| endpoint_json(e)).collect();
@@ -173,7 +192,7 @@ fn percent_decode(s: &str) -> String {
 fn endpoint_json(e: &Endpoint) -> serde_json::Value {
     let requests = e.requests.load(Ordering::Relaxed);
     let errors = e.errors.load(Ordering::Relaxed);
-    let half_open_at = e.half_open_at().map(rfc3339);
+    let half_open_at = e.half_open_at().map(crate::clock::rfc3339);
     json!({
         "provider": e.provider,
         "model": e.model,
@@ -206,40 +225,9 @@ fn percentiles_json(p: crate::stats::Percentiles) -> serde_json::Value {
     }
 }
 
-/// RFC 3339 in UTC, without a date library.
-fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
-        assert_eq!(rfc3339(t), "2026-01-01T00:00:00Z");
-        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-    }
 
     #[test]
     fn decodes_percent_escapes_in_model_ids() {

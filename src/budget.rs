@@ -8,21 +8,13 @@
 use crate::config::{Budget, FreeTier};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-/// The UTC day number and month number (months since 1970) of a time.
+/// The minute, UTC day and month numbers (since 1970) of a time.
 fn periods(t: SystemTime) -> (u64, u64, u64) {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = crate::clock::unix_secs(t);
     let day = secs / 86_400;
-    // Civil month from days (Howard Hinnant's algorithm), as months since 1970-01.
-    let z = day as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, _) = crate::clock::civil_from_days(day as i64);
     let months = ((year - 1970) * 12 + month - 1).max(0) as u64;
     (secs / 60, day, months)
 }
@@ -191,7 +183,7 @@ mod tests {
 
     #[test]
     fn periods_are_utc_day_and_month() {
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600); // 2026-01-01
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600); // 2026-01-01
         let (_, day, month) = periods(t);
         assert_eq!(day, 20_454);
         assert_eq!(month, 56 * 12);

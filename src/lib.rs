@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod budget;
+pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod dns;
 pub mod health;
 pub mod mock;

@@ -2,7 +2,7 @@
 //! in-process fake providers of `kind: mock`, and a draining shutdown on SIGTERM.
 
 use crate::admin::{Admin, Reload};
-use crate::config::{self, Config, ProviderKind};
+use crate::config::{self, Config};
 use crate::mock;
 use crate::proxy::probe::Prober;
 use crate::proxy::{Gateway, GatewayState};
@@ -132,7 +132,7 @@ pub fn build_table(
     for p in cfg
         .providers
         .iter()
-        .filter(|p| p.kind == ProviderKind::Mock && p.base_url.is_none())
+        .filter(|p| crate::providers::runs_in_process(p))
     {
         let opts = p.mock.clone().unwrap_or_default();
         let addr = MockHost::get()?.addr_for(
@@ -374,7 +374,7 @@ pub fn check_table(cfg: &Config, config_dir: &Path) -> Result<(), String> {
     let local: HashMap<String, SocketAddr> = cfg
         .providers
         .iter()
-        .filter(|p| p.kind == ProviderKind::Mock && p.base_url.is_none())
+        .filter(|p| crate::providers::runs_in_process(p))
         .map(|p| (p.name.clone(), SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect();
     let catalog = crate::routing::load_catalog(cfg, config_dir)?;

@@ -164,6 +164,11 @@ pub fn build_adapter(cfg: &ProviderConfig, base: &BaseUrl) -> Result<Arc<dyn Ada
     }
 }
 
+/// Whether llmux runs this provider itself, in process: a `mock` without a `base_url`.
+pub fn runs_in_process(cfg: &ProviderConfig) -> bool {
+    cfg.kind == ProviderKind::Mock && cfg.base_url.is_none()
+}
+
 /// Default base URL for kinds that have one, so `base_url` may be omitted.
 pub fn default_base_url(cfg: &ProviderConfig) -> Option<String> {
     match cfg.kind {

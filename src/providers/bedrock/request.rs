@@ -622,7 +622,7 @@ impl Converter {
                 ));
             }
         }
-        if turns.first().map_or(true, |t| t.role == Role::Assistant) {
+        if turns.first().is_none_or(|t| t.role == Role::Assistant) {
             turns.insert(
                 0,
                 Turn {

@@ -917,7 +917,9 @@ fn error_of(status: u16, kind: Option<&str>, body: &str) -> UpstreamFailure {
 
 #[test]
 fn errors_map_to_openai_vocabulary() {
-    let cases: &[(u16, Option<&str>, &str, &str, &str, bool)] = &[
+    // (status, x-amzn-errortype, message, error.type, error.code, retryable)
+    type Row<'a> = (u16, Option<&'a str>, &'a str, &'a str, &'a str, bool);
+    let cases: &[Row] = &[
         (
             400,
             Some("ValidationException"),

@@ -502,10 +502,8 @@ fn mistral_assistant(obj: &mut Map<String, Value>, rewrite: &impl Fn(&mut Value)
                 }
             }
         }
-        Some(_) => {
-            obj.shift_remove("tool_calls");
-        }
-        None => {}
+        // `tool_calls: []` is accepted as sent (the corpus shows it): no calls.
+        _ => {}
     }
     if is_empty_content(obj.get("content")) {
         if !has_calls {

@@ -1,0 +1,961 @@
+#!/usr/bin/env python3
+"""Load benchmark driver for llmux (run it through benches/load/run.sh).
+
+Compares, in one run on one machine:
+  direct  client -> `llmux mock` (the baseline every "added" latency is measured over)
+  nginx   client -> nginx pass-through -> mock             (Debian nginx-light)
+  floor   client -> bare Pingora hop -> mock               (examples/pingora_floor.rs)
+  llmux   client -> llmux serve -> mock, three paths:
+          OpenAI -> OpenAI, OpenAI -> Anthropic, OpenAI -> Gemini
+
+The proxy under test runs alone on --proxy-cpu (default CPU 0); the mock, wrk, the stream
+client and this driver share --load-cpu (default CPU 1). Non-stream load is wrk (closed
+loop, one thread, POST with a JSON body, c = 1/16/64, a fixed duration each); streams are
+measured by a sequential client in this file (time to first event, total). CPU time per
+request comes from /proc/<pid>/stat (utime+stime deltas), memory from /proc/<pid>/status
+(VmRSS idle, VmHWM peak). Start-to-ready is spawn -> first `GET /readyz` 200.
+
+Everything listens on 127.0.0.1 only. Every process started here is stopped when the
+driver ends, however it ends; their pids are also written to --pidfile so run.sh's trap can
+stop them if the driver itself is killed.
+
+Subcommand `stream-client` is the streaming client (run pinned on the load CPU).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+LUA = HERE / "post.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SYSTEM = "You are terse."
+PROMPT = "Say hello in one short sentence."
+MAX_TOKENS = 64
+
+# --------------------------------------------------------------------------------------
+# Requests: one logical request in each wire format.
+
+
+def openai_body(model, stream):
+    b = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": PROMPT},
+        ],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.2,
+    }
+    if stream:
+        b["stream"] = True
+        b["stream_options"] = {"include_usage": True}
+    return b
+
+
+def anthropic_body(stream):
+    b = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": MAX_TOKENS,
+        "system": SYSTEM,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "temperature": 0.2,
+    }
+    if stream:
+        b["stream"] = True
+    return b
+
+
+def gemini_body():
+    return {
+        "systemInstruction": {"parts": [{"text": SYSTEM}]},
+        "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
+        "generationConfig": {"maxOutputTokens": MAX_TOKENS, "temperature": 0.2},
+    }
+
+
+OPENAI_HEADERS = ["Authorization: Bearer sk-bench"]
+# What a client sends to each provider directly (the `direct` baselines).
+DIRECT = {
+    "openai": {
+        "path": "/v1/chat/completions",
+        "stream_path": "/v1/chat/completions",
+        "headers": OPENAI_HEADERS,
+        "body": lambda s: openai_body("gpt-4o-mini", s),
+        "done": b"[DONE]",
+    },
+    "anthropic": {
+        "path": "/v1/messages",
+        "stream_path": "/v1/messages",
+        "headers": ["x-api-key: sk-ant-bench", "anthropic-version: 2023-06-01"],
+        "body": anthropic_body,
+        "done": b"message_stop",
+    },
+    "gemini": {
+        "path": "/v1beta/models/gemini-2.5-flash:generateContent",
+        "stream_path": "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        "headers": ["x-goog-api-key: gm-bench"],
+        "body": lambda s: gemini_body(),
+        "done": b"finishReason",
+    },
+}
+PATHS = ["openai", "anthropic", "gemini"]  # llmux: OpenAI -> <path>
+PATH_LABEL = {
+    "openai": "OpenAI→OpenAI",
+    "anthropic": "OpenAI→Anthropic",
+    "gemini": "OpenAI→Gemini",
+}
+
+LLMUX_CONFIG = """# written by benches/load/driver.py
+server:
+  listen: 127.0.0.1:{port}
+  admin_listen: 127.0.0.1:{admin}
+providers:
+  - {{ name: oai, kind: openai, base_url: "http://127.0.0.1:{mock}/v1", api_key: sk-bench }}
+  - {{ name: ant, kind: anthropic, base_url: "http://127.0.0.1:{mock}", api_key: sk-ant-bench }}
+  - {{ name: gem, kind: gemini, base_url: "http://127.0.0.1:{mock}/v1beta", api_key: gm-bench }}
+models:
+  - name: bench-openai
+    targets: [{{ provider: oai, model: gpt-4o-mini }}]
+  - name: bench-anthropic
+    targets: [{{ provider: ant, model: claude-haiku-4-5 }}]
+  - name: bench-gemini
+    targets: [{{ provider: gem, model: gemini-2.5-flash }}]
+health_checks:
+  interval: 1h
+"""
+
+NGINX_CONFIG = """# written by benches/load/driver.py: a plain pass-through, one single-process worker
+daemon off;
+master_process off;
+worker_processes 1;
+pid {w}/nginx.pid;
+error_log {w}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {w}/nginx-tmp/body;
+  proxy_temp_path {w}/nginx-tmp/proxy;
+  fastcgi_temp_path {w}/nginx-tmp/fastcgi;
+  uwsgi_temp_path {w}/nginx-tmp/uwsgi;
+  scgi_temp_path {w}/nginx-tmp/scgi;
+  client_max_body_size 20m;
+  client_body_buffer_size 1m;
+  keepalive_requests 1000000;
+  upstream mock {{
+    server 127.0.0.1:{mock};
+    keepalive 128;
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location = /readyz {{ return 200 '{{"status":"ready"}}'; }}
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+# --------------------------------------------------------------------------------------
+# Processes
+
+
+class Children:
+    """Every process the driver starts; all stopped by stop_all()."""
+
+    def __init__(self, pidfile):
+        self.procs = []
+        self.pidfile = pidfile
+
+    def _write(self):
+        if self.pidfile:
+            live = [str(p.pid) for p in self.procs if p.poll() is None]
+            Path(self.pidfile).write_text("\n".join(live) + ("\n" if live else ""))
+
+    def spawn(self, argv, cpu, log, env=None):
+        cmd = ["taskset", "-c", str(cpu), *map(str, argv)]
+        f = open(log, "ab")
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        f.close()
+        self.procs.append(p)
+        self._write()
+        return p
+
+    def stop(self, p, sig=signal.SIGINT, wait=5.0):
+        if p.poll() is None:
+            try:
+                p.send_signal(sig)
+                p.wait(wait)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            except ProcessLookupError:
+                pass
+        if p in self.procs:
+            self.procs.remove(p)
+        self._write()
+
+    def stop_all(self):
+        for p in list(reversed(self.procs)):
+            self.stop(p, wait=3.0)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get_status(port, path, timeout=0.5):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            line = s.recv(64).split(b"\r\n", 1)[0].split()
+            return int(line[1]) if len(line) >= 2 else None
+    except (OSError, ValueError):
+        return None
+
+
+def wait_ready(p, port, path, t0, log, timeout=20.0):
+    """Milliseconds from t0 (just before spawn) to the first 200 on `path`."""
+    deadline = t0 + timeout
+    while time.perf_counter() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"exited with {p.returncode} before ready; log {log}:\n{tail(log)}")
+        if http_get_status(port, path) == 200:
+            return (time.perf_counter() - t0) * 1000.0
+        time.sleep(0.001)
+    raise RuntimeError(f"not ready on :{port}{path} after {timeout}s; log {log}:\n{tail(log)}")
+
+
+def tail(path, n=30):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pid):
+    s = Path(f"/proc/{pid}/stat").read_text()
+    rest = s[s.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # utime + stime, all threads
+
+
+def status_kib(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def threads_of(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+# --------------------------------------------------------------------------------------
+# Load generators
+
+
+def percentile(values, q):
+    if not values:
+        return None
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, int(round(q / 100.0 * len(v) + 0.5)) - 1))
+    return v[k]
+
+
+class Bench:
+    def __init__(self, args, kids, work):
+        self.a = args
+        self.kids = kids
+        self.work = work
+        self.deadline = time.monotonic() + args.max_minutes * 60
+
+    def check_time(self):
+        if time.monotonic() > self.deadline:
+            raise RuntimeError(f"benchmark exceeded --max-minutes {self.a.max_minutes}")
+
+    def body_file(self, name, body):
+        f = self.work / f"body-{name}.json"
+        f.write_bytes(json.dumps(body, separators=(",", ":")).encode())
+        return f
+
+    def run_child(self, argv, env=None, timeout=60):
+        log = self.work / "load-tools.log"
+        p = self.kids.spawn(argv, self.a.load_cpu, log, env=env)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kids.stop(p, sig=signal.SIGKILL)
+            raise RuntimeError(f"{argv[0]} timed out after {timeout}s")
+        self.kids.stop(p)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, argv))} exited {p.returncode}:\n{tail(log)}")
+
+    def wrk(self, port, c, seconds, body_file, path, headers):
+        self.check_time()
+        out = self.work / "wrk-out.json"
+        if out.exists():
+            out.unlink()
+        env = dict(
+            os.environ,
+            WRK_BODY_FILE=str(body_file),
+            WRK_PATH=path,
+            WRK_HEADERS="\n".join(headers),
+            WRK_OUT=str(out),
+        )
+        argv = ["wrk", "-t1", f"-c{c}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, f"http://127.0.0.1:{port}"]
+        self.run_child(argv, env=env, timeout=seconds + 30)
+        return json.loads(out.read_text())
+
+    def stream(self, port, body_file, path, headers, done_marker):
+        self.check_time()
+        out = self.work / "stream-out.json"
+        if out.exists():
+            out.unlink()
+        argv = [
+            sys.executable, __file__, "stream-client",
+            "--port", port, "--path", path, "--body-file", body_file,
+            "--headers", "\n".join(headers), "--done", done_marker.decode(),
+            "--seconds", self.a.stream_seconds, "--out", out,
+        ]
+        self.run_child(argv, timeout=self.a.stream_seconds + 60)
+        return json.loads(out.read_text())
+
+    # One target (a process or the mock itself) through every scenario it serves.
+    def measure(self, label, port, pid, scenarios, concurrency=None, stream=True):
+        """scenarios: list of (path_key, non-stream (body, path, headers), stream (...)+done)."""
+        res = {}
+        for key, ns, st in scenarios:
+            body_f = self.body_file(f"{label}-{key}", ns["body"])
+            # Warm up: fill the upstream pool, grow buffers, page in code.
+            self.wrk(port, 64, 1, body_f, ns["path"], ns["headers"])
+            points = {}
+            for c in concurrency or self.a.concurrency:
+                cpu0 = cpu_seconds(pid)
+                w = self.wrk(port, c, self.a.duration, body_f, ns["path"], ns["headers"])
+                cpu = cpu_seconds(pid) - cpu0
+                n = w["requests"]
+                secs = w["duration_us"] / 1e6
+                errs = sum(w["errors"].values())
+                points[str(c)] = {
+                    "rps": n / secs if secs else 0.0,
+                    "p50_ms": w["latency_us"]["p50"] / 1000.0,
+                    "p90_ms": w["latency_us"]["p90"] / 1000.0,
+                    "p99_ms": w["latency_us"]["p99"] / 1000.0,
+                    "cpu_ms_per_req": cpu * 1000.0 / n if n else None,
+                    "cpu_util": cpu / secs if secs else None,
+                    "requests": n,
+                    "errors": w["errors"],
+                    "bytes_per_resp": w["bytes"] / n if n else 0,
+                }
+                flag = f"  ERRORS {w['errors']}" if errs else ""
+                log(
+                    f"  {label:<12} {key:<9} c={c:<3} {points[str(c)]['rps']:9.0f} req/s"
+                    f"  p50 {points[str(c)]['p50_ms']:.3f} ms  p99 {points[str(c)]['p99_ms']:.3f} ms"
+                    f"  cpu {fmt(points[str(c)]['cpu_ms_per_req'], 4)} ms/req{flag}"
+                )
+            entry = {"points": points}
+            if stream and st is not None:
+                sbody = self.body_file(f"{label}-{key}-stream", st["body"])
+                cpu0 = cpu_seconds(pid)
+                s = self.stream(port, sbody, st["path"], st["headers"], st["done"])
+                cpu = cpu_seconds(pid) - cpu0
+                s["cpu_ms_per_req"] = cpu * 1000.0 / s["n"] if s["n"] else None
+                entry["stream"] = s
+                log(
+                    f"  {label:<12} {key:<9} stream n={s['n']} ttft p50 {fmt(s['ttft_p50_ms'])} p99 {fmt(s['ttft_p99_ms'])}"
+                    f"  total p50 {fmt(s['total_p50_ms'])} p99 {fmt(s['total_p99_ms'])} ms  errors {s['errors']}"
+                )
+            res[key] = entry
+        return res
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------
+# The streaming client (subcommand): sequential requests on one keep-alive connection.
+
+
+class Conn:
+    def __init__(self, port):
+        self.port = port
+        self.sock = None
+        self.buf = bytearray()
+        self.last = 0.0
+
+    def open(self):
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+        self.sock = None
+
+    def fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by peer")
+        self.buf += data
+        self.last = time.perf_counter()
+        return self.last
+
+    def request(self, raw):
+        """Sends one request; returns (status, ttft_s, total_s, body bytes)."""
+        if self.sock is None:
+            self.open()
+        t0 = time.perf_counter()
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buf:
+            self.fill()
+        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+        self.buf = bytearray(rest)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for ln in lines[1:]:
+            k, _, v = ln.partition(b":")
+            hdrs[k.strip().lower()] = v.strip().lower()
+        ttft = None
+        body = bytearray()
+        if self.buf:
+            ttft = self.last  # the read that completed the header also brought body bytes
+        if b"chunked" in hdrs.get(b"transfer-encoding", b""):
+            while True:
+                while b"\r\n" not in self.buf:
+                    t = self.fill()
+                    ttft = ttft or t
+                size_line, _, rest = bytes(self.buf).partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                while len(rest) < size + 2:
+                    t = self.fill()
+                    ttft = ttft or t
+                    size_line, _, rest = bytes(self.buf).partition(b"\r\n")
+                body += rest[:size]
+                self.buf = bytearray(rest[size + 2 :])
+                if size == 0:
+                    break
+        elif b"content-length" in hdrs:
+            n = int(hdrs[b"content-length"])
+            while len(self.buf) < n:
+                t = self.fill()
+                ttft = ttft or t
+            body += self.buf[:n]
+            self.buf = self.buf[n:]
+        else:  # read to close
+            try:
+                while True:
+                    t = self.fill()
+                    ttft = ttft or t
+            except ConnectionError:
+                pass
+            body += self.buf
+            self.buf = bytearray()
+            self.close()
+        end = time.perf_counter()
+        if hdrs.get(b"connection") == b"close":
+            self.close()
+        return status, (ttft or end) - t0, end - t0, bytes(body)
+
+
+def stream_client(a):
+    body = Path(a.body_file).read_bytes()
+    extra = "".join(h.strip() + "\r\n" for h in a.headers.split("\n") if h.strip())
+    raw = (
+        f"POST {a.path} HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+    conn = Conn(a.port)
+    done = a.done.encode()
+    ttft, total, errors, events = [], [], 0, []
+    warm = a.warmup
+    end = time.monotonic() + a.seconds
+    n = 0
+    while (time.monotonic() < end or warm > 0) and n < a.max_requests:
+        try:
+            status, t1, t2, b = conn.request(raw)
+        except (OSError, ConnectionError, ValueError, IndexError):
+            errors += 1
+            conn.close()
+            continue
+        if warm > 0:
+            warm -= 1
+            continue
+        n += 1
+        if status != 200 or done not in b:
+            errors += 1
+            continue
+        ttft.append(t1 * 1000.0)
+        total.append(t2 * 1000.0)
+        events.append(b.count(b"data:"))
+    conn.close()
+    out = {
+        "n": len(ttft),
+        "errors": errors,
+        "events_per_stream": statistics.median(events) if events else 0,
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p90_ms": percentile(ttft, 90),
+        "ttft_p99_ms": percentile(ttft, 99),
+        "total_p50_ms": percentile(total, 50),
+        "total_p90_ms": percentile(total, 90),
+        "total_p99_ms": percentile(total, 99),
+    }
+    Path(a.out).write_text(json.dumps(out))
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+def machine_info():
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    rev = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "git": rev + (" (uncommitted changes)" if dirty else ""),
+        "nginx": version(["nginx", "-v"]),
+        "wrk": version(["wrk", "-v"]),
+        "rustc": version(["rustc", "-V"]),
+    }
+
+
+def loadavg():
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def scenarios_for(target, model_of):
+    """(path key, non-stream, stream) triples a target is driven with."""
+    out = []
+    if target == "direct":
+        for key in PATHS:
+            d = DIRECT[key]
+            out.append((
+                key,
+                {"body": d["body"](False), "path": d["path"], "headers": d["headers"]},
+                {"body": d["body"](True), "path": d["stream_path"], "headers": d["headers"], "done": d["done"]},
+            ))
+        return out
+    keys = PATHS if target.startswith("llmux") else ["openai"]
+    for key in keys:
+        model = model_of(key)
+        out.append((
+            key,
+            {"body": openai_body(model, False), "path": "/v1/chat/completions", "headers": OPENAI_HEADERS},
+            {"body": openai_body(model, True), "path": "/v1/chat/completions", "headers": OPENAI_HEADERS,
+             "done": b"[DONE]"},
+        ))
+    return out
+
+
+def main_run(a):
+    bin_llmux = Path(a.llmux_bin)
+    bin_floor = Path(a.floor_bin)
+    for b in (bin_llmux, bin_floor):
+        if not b.exists():
+            sys.exit(f"missing {b}: build with `cargo build --release --bin llmux --example pingora_floor`")
+    work = Path(tempfile.mkdtemp(prefix="llmux-load-"))
+    (work / "nginx-tmp").mkdir()
+    kids = Children(a.pidfile)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    info = machine_info()
+    info["load_before"] = loadavg()
+    info["settings"] = {
+        "duration_s": a.duration,
+        "concurrency": a.concurrency,
+        "stream_seconds": a.stream_seconds,
+        "proxy_cpu": a.proxy_cpu,
+        "load_cpu": a.load_cpu,
+        "mock_chunk_delay_ms": a.chunk_delay_ms,
+    }
+    results = {"machine": info, "targets": {}, "startup": {}, "variants": {}}
+    log(f"work dir {work}; load {' '.join(info['load_before'])}")
+    try:
+        mock_port = free_port()
+        mlog = work / "mock.log"
+        t0 = time.perf_counter()
+        mock = kids.spawn(
+            [bin_llmux, "mock", "--listen", f"127.0.0.1:{mock_port}", "--flavor", "all",
+             "--chunk-delay-ms", a.chunk_delay_ms],
+            a.load_cpu, mlog, env=dict(os.environ, RUST_LOG="warn"),
+        )
+        wait_ready(mock, mock_port, "/_mock/requests", t0, mlog)
+        bench = Bench(a, kids, work)
+
+        def start(name, extra_env=None, cpus=None):
+            """Starts a proxy on the proxy CPU; returns (proc, port, ready_ms)."""
+            port = free_port()
+            plog = work / f"{name}.log"
+            env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+            env.update(extra_env or {})
+            if name.startswith("llmux"):
+                cfg = work / f"{name}.yaml"
+                cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port))
+                argv = [bin_llmux, "serve", "--config", cfg]
+            elif name == "floor":
+                argv = [bin_floor, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{mock_port}"]
+            elif name == "nginx":
+                conf = work / "nginx.conf"
+                conf.write_text(NGINX_CONFIG.format(w=work, mock=mock_port, port=port))
+                argv = ["nginx", "-p", work, "-e", work / "nginx-error.log", "-c", conf]
+            else:
+                raise ValueError(name)
+            t0 = time.perf_counter()
+            p = kids.spawn(argv, cpus or a.proxy_cpu, plog, env=env)
+            ready = wait_ready(p, port, "/readyz", t0, plog)
+            return p, port, ready
+
+        targets = [t for t in ["direct", "nginx", "floor", "llmux"] if t in a.targets]
+
+        # Start-to-ready, repeated (each start is stopped right away).
+        for name in [t for t in targets if t != "direct"]:
+            times = []
+            for _ in range(a.ready_repeats):
+                p, _, ms = start(name)
+                times.append(ms)
+                kids.stop(p)
+            results["startup"][name] = {
+                "ready_ms_median": statistics.median(times),
+                "ready_ms_max": max(times),
+                "samples": times,
+            }
+            log(f"  {name:<12} start-to-ready median {statistics.median(times):.1f} ms (max {max(times):.1f})")
+
+        model_of = {
+            "llmux": lambda k: f"bench-{k}",
+            "floor": lambda k: "gpt-4o-mini",
+            "nginx": lambda k: "gpt-4o-mini",
+            "direct": lambda k: "gpt-4o-mini",
+        }
+        for name in targets:
+            if name == "direct":
+                r = bench.measure("direct", mock_port, mock.pid, scenarios_for("direct", None))
+                results["targets"]["direct"] = {"paths": r}
+                continue
+            p, port, ready = start(name)
+            time.sleep(0.5)
+            idle = status_kib(p.pid, "VmRSS")
+            threads = threads_of(p.pid)
+            r = bench.measure(name, port, p.pid, scenarios_for(name, model_of[name]))
+            results["targets"][name] = {
+                "paths": r,
+                "idle_rss_kib": idle,
+                "peak_rss_kib": status_kib(p.pid, "VmHWM"),
+                "threads": threads,
+                "ready_ms": ready,
+            }
+            log(f"  {name:<12} idle RSS {idle / 1024:.1f} MiB, peak {results['targets'][name]['peak_rss_kib'] / 1024:.1f} MiB, {threads} OS threads")
+            kids.stop(p)
+
+        if "llmux" in targets and not a.skip_variants:
+            conc = [c for c in a.concurrency if c != 1] or a.concurrency
+            # The same run with the access log off (RUST_LOG=warn).
+            p, port, _ = start("llmux", {"RUST_LOG": "warn"})
+            r = bench.measure("llmux-warn", port, p.pid, scenarios_for("llmux", model_of["llmux"])[:1],
+                              concurrency=a.concurrency, stream=False)
+            results["variants"]["llmux RUST_LOG=warn"] = {"paths": r, "peak_rss_kib": status_kib(p.pid, "VmHWM")}
+            kids.stop(p)
+            # Two Pingora worker threads on the one proxy core: start with two CPUs allowed
+            # (llmux sizes its pool from the affinity mask), then pin every thread to one.
+            if a.load_cpu != a.proxy_cpu:
+                p, port, _ = start("llmux", cpus=f"{a.proxy_cpu},{a.load_cpu}")
+                subprocess.run(["taskset", "-a", "-p", "-c", str(a.proxy_cpu), str(p.pid)],
+                               check=True, capture_output=True)
+                r = bench.measure("llmux-t2", port, p.pid, scenarios_for("llmux", model_of["llmux"])[:1],
+                                  concurrency=conc, stream=False)
+                results["variants"]["llmux threads=2 (one core)"] = {"paths": r, "threads": threads_of(p.pid)}
+                kids.stop(p)
+    finally:
+        kids.stop_all()
+        info["load_after"] = loadavg()
+
+    report = render(results)
+    out_dir = Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"load-{stamp}.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"load-{stamp}.md").write_text(report)
+    (out_dir / "latest.md").write_text(report)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
+    print(report)
+    log(f"written {out_dir}/load-{stamp}.md and .json (logs in {work})")
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def render(res):
+    m = res["machine"]
+    T = res["targets"]
+    direct = T.get("direct", {}).get("paths", {})
+    L = []
+    w = L.append
+
+    def pt(target, key, c):
+        return T.get(target, {}).get("paths", {}).get(key, {}).get("points", {}).get(str(c))
+
+    def st(target, key):
+        return T.get(target, {}).get("paths", {}).get(key, {}).get("stream")
+
+    concs = [str(c) for c in m["settings"]["concurrency"]]
+    w(f"## Load benchmark: {m['date_utc']}")
+    w("")
+    w(f"Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}; load average before "
+      f"{' '.join(m['load_before'])}, after {' '.join(m.get('load_after', ['?']))}.  ")
+    s = m["settings"]
+    w(f"llmux {m['git']}; {m['nginx']}; {m['wrk']}; {m['rustc']}.  ")
+    w(f"Proxy on CPU {s['proxy_cpu']}; mock, wrk and the stream client on CPU {s['load_cpu']}. "
+      f"wrk -t1, {s['duration_s']} s per point; streams: sequential client, {s['stream_seconds']} s per path, "
+      f"mock --chunk-delay-ms {s['mock_chunk_delay_ms']}. floor and nginx only pass OpenAI through, so every "
+      f"llmux path is compared with their OpenAI→OpenAI numbers.")
+    w("")
+    w("### Throughput (req/s, non-stream)")
+    w("")
+    w("| path | c | direct | nginx | floor | llmux | llmux/floor | llmux/nginx | llmux CPU util |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for key in PATHS:
+        for c in concs:
+            d, n, f, l = pt("direct", key, c), pt("nginx", "openai", c), pt("floor", "openai", c), pt("llmux", key, c)
+            g = lambda p, k="rps": p.get(k) if p else None
+            w(f"| {PATH_LABEL[key]} | {c} | {fmt(g(d), 0)} | {fmt(g(n), 0)} | {fmt(g(f), 0)} | {fmt(g(l), 0)} | "
+              f"{fmt(ratio(g(l), g(f)), 2)} | {fmt(ratio(g(l), g(n)), 2)} | {pct(g(l, 'cpu_util'))} |")
+    w("")
+    w("### Added latency over direct (ms, non-stream): p50 / p99")
+    w("")
+    w("| path | c | nginx | floor | llmux | llmux − floor (p50) |")
+    w("|---|---|---|---|---|---|")
+    for key in PATHS:
+        for c in concs:
+            base = pt("direct", key, c)
+            base_oai = pt("direct", "openai", c)
+
+            def added(p, b):
+                if not p or not b:
+                    return (None, None)
+                return (p["p50_ms"] - b["p50_ms"], p["p99_ms"] - b["p99_ms"])
+
+            n, f, l = added(pt("nginx", "openai", c), base_oai), added(pt("floor", "openai", c), base_oai), added(pt("llmux", key, c), base)
+            diff = None if l[0] is None or f[0] is None else l[0] - f[0]
+            w(f"| {PATH_LABEL[key]} | {c} | {fmt(n[0])} / {fmt(n[1])} | {fmt(f[0])} / {fmt(f[1])} | "
+              f"{fmt(l[0])} / {fmt(l[1])} | {fmt(diff)} |")
+    w("")
+    w("### Proxy CPU per request (ms, non-stream)")
+    w("")
+    w("| path | c | nginx | floor | llmux | llmux/floor | llmux/nginx |")
+    w("|---|---|---|---|---|---|---|")
+    for key in PATHS:
+        for c in concs:
+            g = lambda p: p.get("cpu_ms_per_req") if p else None
+            n, f, l = g(pt("nginx", "openai", c)), g(pt("floor", "openai", c)), g(pt("llmux", key, c))
+            w(f"| {PATH_LABEL[key]} | {c} | {fmt(n, 4)} | {fmt(f, 4)} | {fmt(l, 4)} | {fmt(ratio(l, f), 2)} | {fmt(ratio(l, n), 2)} |")
+    w("")
+    w("### Streams (sequential, c=1): added over direct, ms")
+    w("")
+    w("| path | direct TTFT p50 | nginx TTFT p50 / p99 | floor TTFT p50 / p99 | llmux TTFT p50 / p99 | "
+      "llmux total p50 / p99 | llmux CPU ms/stream (floor) |")
+    w("|---|---|---|---|---|---|---|")
+    for key in PATHS:
+        b, bo = st("direct", key), st("direct", "openai")
+
+        def add(s, base, k):
+            if not s or not base or s.get(k) is None or base.get(k) is None:
+                return None
+            return s[k] - base[k]
+
+        def pair(s, base, k):
+            return f"{fmt(add(s, base, k + '_p50_ms'))} / {fmt(add(s, base, k + '_p99_ms'))}"
+
+        n, f, l = st("nginx", "openai"), st("floor", "openai"), st("llmux", key)
+        cpu_l = l.get("cpu_ms_per_req") if l else None
+        cpu_f = f.get("cpu_ms_per_req") if f else None
+        w(f"| {PATH_LABEL[key]} | {fmt(b.get('ttft_p50_ms') if b else None)} | {pair(n, bo, 'ttft')} | "
+          f"{pair(f, bo, 'ttft')} | {pair(l, b, 'ttft')} | {pair(l, b, 'total')} | {fmt(cpu_l, 3)} ({fmt(cpu_f, 3)}) |")
+    w("")
+    w("### Memory and start-up")
+    w("")
+    w("| | nginx | floor | llmux | llmux/floor | llmux/nginx |")
+    w("|---|---|---|---|---|---|")
+    su = res["startup"]
+
+    def row(label, get, digits=1):
+        v = {t: get(t) for t in ("nginx", "floor", "llmux")}
+        w(f"| {label} | {fmt(v['nginx'], digits)} | {fmt(v['floor'], digits)} | {fmt(v['llmux'], digits)} | "
+          f"{fmt(ratio(v['llmux'], v['floor']), 2)} | {fmt(ratio(v['llmux'], v['nginx']), 2)} |")
+
+    row("start-to-ready, median ms", lambda t: su.get(t, {}).get("ready_ms_median"))
+    row("idle RSS, MiB", lambda t: T[t]["idle_rss_kib"] / 1024 if t in T else None)
+    row("peak RSS (VmHWM), MiB", lambda t: T[t]["peak_rss_kib"] / 1024 if t in T else None)
+    row("OS threads", lambda t: T[t]["threads"] if t in T else None, 0)
+    if res["variants"]:
+        w("")
+        w("### Variants (OpenAI→OpenAI, non-stream)")
+        w("")
+        w("| variant | c | req/s | ×llmux default | ×floor | p50 ms | CPU ms/req |")
+        w("|---|---|---|---|---|---|---|")
+        for name, v in res["variants"].items():
+            for c, p in v["paths"]["openai"]["points"].items():
+                base, f = pt("llmux", "openai", c), pt("floor", "openai", c)
+                w(f"| {name} | {c} | {fmt(p['rps'], 0)} | {fmt(ratio(p['rps'], base['rps'] if base else None), 2)} | "
+                  f"{fmt(ratio(p['rps'], f['rps'] if f else None), 2)} | {fmt(p['p50_ms'])} | {fmt(p['cpu_ms_per_req'], 4)} |")
+    w("")
+    w("### Targets")
+    w("")
+    w("| target | measured | met |")
+    w("|---|---|---|")
+
+    def target(label, value, ok, shown):
+        w(f"| {label} | {shown} | {'–' if value is None else ('yes' if ok else 'no')} |")
+
+    for c in concs:
+        r = ratio((pt("llmux", "openai", c) or {}).get("rps"), (pt("floor", "openai", c) or {}).get("rps"))
+        target(f"OpenAI→OpenAI req/s ≥ 0.9× floor, c={c}", r, r is not None and r >= 0.9, fmt(r, 2))
+    if "1" in concs:
+        l, d = pt("llmux", "openai", "1"), pt("direct", "openai", "1")
+        v = l["p50_ms"] - d["p50_ms"] if l and d else None
+        target("added p50 at c=1 ≤ 0.15 ms", v, v is not None and v <= 0.15, f"{fmt(v)} ms")
+    c_hi = concs[-1]
+    for key in ("anthropic", "gemini"):
+        r = ratio((pt("llmux", key, c_hi) or {}).get("rps"), (pt("floor", "openai", c_hi) or {}).get("rps"))
+        target(f"{PATH_LABEL[key]} req/s ≥ 0.8× floor, c={c_hi}", r, r is not None and r >= 0.8, fmt(r, 2))
+    for key in PATHS:
+        l, d = st("llmux", key), st("direct", key)
+        v = l["ttft_p50_ms"] - d["ttft_p50_ms"] if l and d and l.get("ttft_p50_ms") is not None and d.get("ttft_p50_ms") is not None else None
+        target(f"stream added TTFT p50 ≤ 0.3 ms ({PATH_LABEL[key]})", v, v is not None and v <= 0.3, f"{fmt(v)} ms")
+    for c in concs:
+        r = ratio((pt("llmux", "openai", c) or {}).get("cpu_ms_per_req"), (pt("floor", "openai", c) or {}).get("cpu_ms_per_req"))
+        target(f"CPU/request ≤ 1.15× floor (OpenAI→OpenAI, c={c})", r, r is not None and r <= 1.15, fmt(r, 2))
+    lt = T.get("llmux")
+    if lt:
+        v = lt["peak_rss_kib"] / 1024
+        target("peak RSS ≤ 40 MiB", v, v <= 40, f"{v:.1f} MiB")
+        v = lt["idle_rss_kib"] / 1024
+        target("idle RSS ≤ 20 MiB", v, v <= 20, f"{v:.1f} MiB")
+    v = su.get("llmux", {}).get("ready_ms_median")
+    target("start-to-ready ≤ 100 ms", v, v is not None and v <= 100, f"{fmt(v, 1)} ms")
+    errs = []
+    for t, tv in T.items():
+        for k, pv in tv["paths"].items():
+            for c, p in pv["points"].items():
+                if sum(p["errors"].values()):
+                    errs.append(f"{t} {k} c={c}: {p['errors']}")
+            if pv.get("stream", {}).get("errors"):
+                errs.append(f"{t} {k} stream: {pv['stream']['errors']} errors")
+    if errs:
+        w("")
+        w("**Errors during the run (numbers affected):** " + "; ".join(errs))
+    busy = [float(x) for x in m["load_before"]][0]
+    if busy >= 0.7:
+        w("")
+        w(f"**Taken on a loaded machine** (1-minute load {busy:.2f} at the start): absolute numbers are "
+          "pessimistic and noisy; ratios measured in the same run are more trustworthy.")
+    return "\n".join(L) + "\n"
+
+
+def pct(v):
+    return "–" if v is None else f"{v * 100:.0f}%"
+
+
+# --------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="the whole benchmark (default)")
+    r.add_argument("--llmux-bin", default=str(ROOT / "target/release/llmux"))
+    r.add_argument("--floor-bin", default=str(ROOT / "target/release/examples/pingora_floor"))
+    r.add_argument("--duration", type=int, default=5, help="seconds per wrk point")
+    r.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    r.add_argument("--stream-seconds", type=float, default=3.0)
+    r.add_argument("--chunk-delay-ms", type=int, default=1)
+    r.add_argument("--targets", default="direct,nginx,floor,llmux")
+    r.add_argument("--ready-repeats", type=int, default=5)
+    r.add_argument("--skip-variants", action="store_true")
+    r.add_argument("--proxy-cpu", default="0")
+    r.add_argument("--load-cpu", default="1")
+    r.add_argument("--max-minutes", type=float, default=20.0)
+    r.add_argument("--out-dir", default=str(ROOT / "target/bench-load"))
+    r.add_argument("--pidfile", default=None)
+    c = sub.add_parser("stream-client", help="internal: the streaming client")
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--path", required=True)
+    c.add_argument("--body-file", required=True)
+    c.add_argument("--headers", default="")
+    c.add_argument("--done", default="[DONE]")
+    c.add_argument("--seconds", type=float, default=3.0)
+    c.add_argument("--warmup", type=int, default=20)
+    c.add_argument("--max-requests", type=int, default=20000)
+    c.add_argument("--out", required=True)
+    argv = sys.argv[1:]
+    if not argv or argv[0] not in ("run", "stream-client", "-h", "--help"):
+        argv = ["run", *argv]
+    a = ap.parse_args(argv)
+    if a.cmd == "stream-client":
+        stream_client(a)
+        return
+    a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    try:
+        main_run(a)
+    except KeyboardInterrupt as e:
+        sys.exit(f"interrupted ({e}); every started process was stopped")
+
+
+if __name__ == "__main__":
+    main()
