@@ -153,7 +153,11 @@ fn translate_response(c: &mut Criterion) {
     for ((name, adapter), (_, model, answer, _)) in adapters.iter().zip(PROVIDERS) {
         g.throughput(Throughput::Bytes(answer.len() as u64));
         g.bench_function(*name, |b| {
-            b.iter(|| adapter.chat_response(&req, model, black_box(answer)).unwrap())
+            b.iter(|| {
+                adapter
+                    .chat_response(&req, model, black_box(answer))
+                    .unwrap()
+            })
         });
     }
     g.finish();

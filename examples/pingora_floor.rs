@@ -60,7 +60,13 @@ impl ProxyHttp for Floor {
                 "/readyz" | "/healthz" => (200, b"{\"status\":\"ready\"}"),
                 _ => (404, b"{\"error\":\"not found\"}"),
             };
-            respond(session, status, "application/json", Bytes::from_static(body)).await?;
+            respond(
+                session,
+                status,
+                "application/json",
+                Bytes::from_static(body),
+            )
+            .await?;
             return Ok(true);
         }
         self.chat(session).await?;

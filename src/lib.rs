@@ -13,6 +13,7 @@ pub mod dashboard;
 pub mod dns;
 pub mod health;
 pub mod mock;
+pub mod otlp;
 pub mod pricing;
 pub mod providers;
 pub mod proxy;

@@ -72,7 +72,21 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let state = Arc::new(GatewayState::new(table, connector));
+    let mut state = GatewayState::new(table, connector);
+    let otlp = match cfg
+        .telemetry
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+    {
+        Some(endpoint) => Some(crate::otlp::Exporter::new(
+            endpoint,
+            &cfg.telemetry.service_name,
+        )?),
+        None => None,
+    };
+    state.otlp = otlp.clone();
+    let state = Arc::new(state);
 
     let mut proxy = pingora::proxy::http_proxy_service(
         &server.configuration,
@@ -94,6 +108,16 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
     admin.add_tcp(&admin_listen);
     server.add_service(admin);
     server.add_service(background_service("config reload", ReloadService(reloader)));
+    if let Some(exporter) = otlp {
+        server.add_service(background_service(
+            "otlp export",
+            OtlpService {
+                exporter,
+                state: state.clone(),
+                every: cfg.telemetry.metrics_interval.0,
+            },
+        ));
+    }
     server.add_service(background_service(
         "health probes",
         Prober {
@@ -325,6 +349,25 @@ impl BackgroundService for ReloadService {
                 }
             }
         }
+    }
+}
+
+/// Exports spans and metrics over OTLP, off the request path.
+struct OtlpService {
+    exporter: Arc<crate::otlp::Exporter>,
+    state: Arc<GatewayState>,
+    every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for OtlpService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let state = self.state.clone();
+        let collect = move || state.metrics.otlp_snapshot(&state.table.load().endpoints);
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        self.exporter.clone().run(self.every, collect, stop).await;
     }
 }
 

@@ -37,6 +37,23 @@ impl Histogram {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// (per-bucket counts with the +Inf bucket last, sum in seconds, count), for OTLP.
+    pub fn snapshot(&self) -> (Vec<u64>, f64, u64) {
+        let mut counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let count = self.count();
+        let finite: u64 = counts.iter().sum();
+        counts.push(count.saturating_sub(finite));
+        (
+            counts,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count,
+        )
+    }
+
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)

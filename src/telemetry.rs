@@ -2,10 +2,13 @@
 //! and the per-endpoint statistics kept in [`crate::stats`].
 
 use crate::health::{BreakerState, Endpoint, Health};
+use crate::otlp::{AttrValue, Exporter, MetricData, SpanKind, SpanRecord};
+use crate::types::TokenCounts;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 /// Counters whose labels are not per endpoint (the client's model name, the outcome).
 #[derive(Debug, Default)]
@@ -166,6 +169,261 @@ impl Metrics {
 
 /// Picks one of an endpoint's histograms.
 type HistogramOf = fn(&Endpoint) -> &crate::stats::Histogram;
+
+impl Metrics {
+    /// The same numbers as `/metrics`, as OTLP metric data (cumulative).
+    pub fn otlp_snapshot(&self, endpoints: &[Arc<Endpoint>]) -> Vec<MetricData> {
+        let mut out = Vec::new();
+        if let Ok(m) = self.requests.lock() {
+            let points = m
+                .iter()
+                .map(|((model, provider, outcome), n)| {
+                    (
+                        vec![
+                            ("model", model.clone()),
+                            ("provider", provider.clone()),
+                            ("outcome", outcome.clone()),
+                        ],
+                        *n as f64,
+                    )
+                })
+                .collect();
+            out.push(sum(
+                "llmux_requests_total",
+                "Client requests.",
+                "{request}",
+                points,
+            ));
+        }
+        if let Ok(m) = self.attempts.lock() {
+            let points = m
+                .iter()
+                .map(|((provider, model, result), n)| {
+                    (
+                        vec![
+                            ("provider", provider.clone()),
+                            ("model", model.clone()),
+                            ("result", (*result).to_owned()),
+                        ],
+                        *n as f64,
+                    )
+                })
+                .collect();
+            out.push(sum(
+                "llmux_attempts_total",
+                "Upstream attempts.",
+                "{attempt}",
+                points,
+            ));
+        }
+        let labels =
+            |e: &Endpoint| vec![("provider", e.provider.clone()), ("model", e.model.clone())];
+        let histograms: [(&str, HistogramOf); 3] = [
+            ("llmux_request_duration_seconds", |e| &e.stats.duration),
+            ("llmux_time_to_first_token_seconds", |e| &e.stats.ttft),
+            ("llmux_overhead_seconds", |e| &e.stats.overhead),
+        ];
+        for (name, get) in histograms {
+            let points = endpoints
+                .iter()
+                .map(|e| {
+                    let (counts, sum, count) = get(e).snapshot();
+                    (labels(e), counts, sum, count)
+                })
+                .collect();
+            out.push(MetricData::Histogram {
+                name: name.into(),
+                description: String::new(),
+                unit: "s".into(),
+                bounds: crate::stats::BUCKETS.to_vec(),
+                points,
+            });
+        }
+        let mut tokens = Vec::new();
+        let mut cost = Vec::new();
+        let mut circuit = Vec::new();
+        for e in endpoints {
+            let s = &e.stats;
+            for (kind, v) in [
+                ("input", &s.tokens_input),
+                ("output", &s.tokens_output),
+                ("cache_read", &s.tokens_cache_read),
+                ("cache_write", &s.tokens_cache_write),
+            ] {
+                let mut l = labels(e);
+                l.push(("type", kind.into()));
+                tokens.push((l, v.load(Ordering::Relaxed) as f64));
+            }
+            cost.push((labels(e), s.cost_usd()));
+            circuit.push((labels(e), f64::from(e.breaker_state() as u8)));
+        }
+        out.push(sum(
+            "llmux_tokens_total",
+            "Tokens by type.",
+            "{token}",
+            tokens,
+        ));
+        out.push(sum("llmux_cost_usd_total", "Spend in USD.", "USD", cost));
+        out.push(MetricData::Gauge {
+            name: "llmux_circuit_state".into(),
+            description: "0 closed, 1 half-open, 2 open.".into(),
+            unit: "1".into(),
+            points: circuit,
+        });
+        out
+    }
+}
+
+fn sum(
+    name: &str,
+    description: &str,
+    unit: &str,
+    points: Vec<(crate::otlp::Labels, f64)>,
+) -> MetricData {
+    MetricData::Sum {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        monotonic: true,
+        points,
+    }
+}
+
+/// The spans of one client request: a SERVER span for the request and a CLIENT child per
+/// upstream attempt, with GenAI semantic-convention attributes. Never holds prompt text.
+#[derive(Debug)]
+pub struct RequestTrace {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    start: SystemTime,
+    spans: Vec<SpanRecord>,
+}
+
+/// What one attempt's span reports.
+#[derive(Debug)]
+pub struct AttemptReport<'a> {
+    pub provider: &'a str,
+    pub provider_kind: &'static str,
+    pub upstream_model: &'a str,
+    pub started: SystemTime,
+    pub usage: Option<TokenCounts>,
+    pub error: Option<String>,
+}
+
+impl RequestTrace {
+    /// Starts a trace, joining the caller's W3C `traceparent` when there is one.
+    pub fn start(traceparent: Option<&str>) -> RequestTrace {
+        let joined = traceparent.and_then(crate::otlp::parse_traceparent);
+        RequestTrace {
+            trace_id: joined.map_or_else(crate::otlp::new_trace_id, |(t, _)| t),
+            span_id: crate::otlp::new_span_id(),
+            parent: joined.map(|(_, s)| s),
+            start: SystemTime::now(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Records one finished upstream attempt as a child span.
+    pub fn attempt(&mut self, a: AttemptReport<'_>) {
+        let mut attributes = vec![
+            ("gen_ai.operation.name", AttrValue::Str("chat".into())),
+            (
+                "gen_ai.provider.name",
+                AttrValue::Str(a.provider_kind.into()),
+            ),
+            (
+                "gen_ai.request.model",
+                AttrValue::Str(a.upstream_model.into()),
+            ),
+            ("llmux.provider", AttrValue::Str(a.provider.into())),
+        ];
+        if let Some(t) = a.usage {
+            attributes.push((
+                "gen_ai.response.model",
+                AttrValue::Str(a.upstream_model.into()),
+            ));
+            push_usage(&mut attributes, &t);
+        }
+        self.spans.push(SpanRecord {
+            trace_id: self.trace_id,
+            span_id: crate::otlp::new_span_id(),
+            parent_span_id: Some(self.span_id),
+            name: format!("chat {}", a.upstream_model),
+            kind: SpanKind::Client,
+            start: a.started,
+            end: SystemTime::now(),
+            attributes,
+            error: a.error,
+        });
+    }
+
+    /// Ends the request span and hands every span to the exporter (non-blocking).
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        mut self,
+        exporter: &Exporter,
+        model: &str,
+        stream: bool,
+        served_by: Option<(&str, &str)>,
+        usage: Option<TokenCounts>,
+        cost_usd: Option<f64>,
+        status: u16,
+        error: Option<String>,
+    ) {
+        let mut attributes = vec![
+            ("gen_ai.operation.name", AttrValue::Str("chat".into())),
+            ("gen_ai.request.model", AttrValue::Str(model.into())),
+            ("llmux.stream", AttrValue::Bool(stream)),
+            ("llmux.attempts", AttrValue::Int(self.spans.len() as i64)),
+            (
+                "http.response.status_code",
+                AttrValue::Int(i64::from(status)),
+            ),
+        ];
+        if let Some((provider, upstream)) = served_by {
+            attributes.push(("llmux.provider", AttrValue::Str(provider.into())));
+            attributes.push(("gen_ai.response.model", AttrValue::Str(upstream.into())));
+        }
+        if let Some(t) = usage {
+            push_usage(&mut attributes, &t);
+        }
+        if let Some(c) = cost_usd {
+            attributes.push(("llmux.cost_usd", AttrValue::Double(c)));
+        }
+        for span in self.spans.drain(..) {
+            exporter.submit(span);
+        }
+        exporter.submit(SpanRecord {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent,
+            name: format!("chat {model}"),
+            kind: SpanKind::Server,
+            start: self.start,
+            end: SystemTime::now(),
+            attributes,
+            error,
+        });
+    }
+}
+
+fn push_usage(attributes: &mut Vec<(&'static str, AttrValue)>, t: &TokenCounts) {
+    let input = t.input + t.cache_read + t.cache_write;
+    attributes.push(("gen_ai.usage.input_tokens", AttrValue::Int(input as i64)));
+    attributes.push((
+        "gen_ai.usage.output_tokens",
+        AttrValue::Int(t.output as i64),
+    ));
+    attributes.push((
+        "gen_ai.usage.cache_read.input_tokens",
+        AttrValue::Int(t.cache_read as i64),
+    ));
+    attributes.push((
+        "gen_ai.usage.cache_creation.input_tokens",
+        AttrValue::Int(t.cache_write as i64),
+    ));
+}
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");

@@ -354,10 +354,25 @@ pub struct PriceOverride {
 }
 
 /// OpenTelemetry export.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL (`http://host:4318`); unset = no export.
     pub otlp_endpoint: Option<String>,
+    /// How often metrics are exported over OTLP.
+    pub metrics_interval: Dur,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            metrics_interval: Dur::from_secs(15),
+            service_name: "llmux".into(),
+        }
+    }
 }
 
 /// Where shared state (budgets, quotas, breaker state) lives.

@@ -164,6 +164,21 @@ pub fn build_adapter(cfg: &ProviderConfig, base: &BaseUrl) -> Result<Arc<dyn Ada
     }
 }
 
+/// The provider's name in the OpenTelemetry GenAI semantic conventions
+/// (`gen_ai.provider.name`).
+pub fn semconv_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::Mistral => "mistral_ai",
+        ProviderKind::Deepseek => "deepseek",
+        ProviderKind::Qwen => "alibaba_cloud",
+        ProviderKind::AzureOpenai => "azure.ai.openai",
+        ProviderKind::Bedrock => "aws.bedrock",
+    }
+}
+
 /// Whether llmux runs this provider itself, in process: a `mock` without a `base_url`.
 pub fn runs_in_process(cfg: &ProviderConfig) -> bool {
     cfg.kind == ProviderKind::Mock && cfg.base_url.is_none()

@@ -14,6 +14,7 @@ use crate::providers::openai_out::{format_cost, insert_usage_cost};
 use crate::providers::{StreamTranslator, UpstreamRequest};
 use crate::routing::{RoutingTable, Target};
 use crate::stats::Sample;
+use crate::telemetry::{AttemptReport, RequestTrace};
 use crate::types::{ChatRequest, FailureKind, GatewayError, UpstreamFailure, Usage};
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
@@ -65,11 +66,52 @@ pub(super) async fn run(
     ctx: &RequestCtx<'_>,
 ) -> Result<(), GatewayError> {
     let mut last_provider = String::new();
-    let result = run_plan(state, session, table, req, plan, ctx, &mut last_provider).await;
+    let mut trace = state
+        .otlp
+        .as_ref()
+        .map(|_| RequestTrace::start(ctx.traceparent));
+    let mut served = None;
+    let result = run_plan(
+        state,
+        session,
+        table,
+        req,
+        plan,
+        ctx,
+        &mut last_provider,
+        &mut trace,
+        &mut served,
+    )
+    .await;
     if let Err(e) = &result {
         state.metrics.request(&req.model, &last_provider, &e.code());
     }
+    if let (Some(trace), Some(exporter)) = (trace, state.otlp.as_deref()) {
+        let (status, error) = match &result {
+            Ok(()) => (200, None),
+            Err(e) => (e.status(), Some(format!("{}: {e}", e.code()))),
+        };
+        let summary: Option<&ServedSummary> = served.as_ref();
+        trace.finish(
+            exporter,
+            &req.model,
+            req.stream,
+            summary.map(|s| (s.provider.as_str(), s.upstream_model.as_str())),
+            summary.and_then(|s| s.tokens),
+            summary.and_then(|s| s.cost),
+            status,
+            error,
+        );
+    }
     result
+}
+
+/// Who answered, for the request span.
+struct ServedSummary {
+    provider: String,
+    upstream_model: String,
+    tokens: Option<crate::types::TokenCounts>,
+    cost: Option<f64>,
 }
 
 /// What the attempt loop needs to know about the client request beyond its body.
@@ -78,6 +120,8 @@ pub(super) struct RequestCtx<'a> {
     pub started: Instant,
     /// The gateway key's name, when keys are configured (budgets are kept per key).
     pub key_name: Option<&'a str>,
+    /// The caller's W3C trace context, so llmux's spans join its trace.
+    pub traceparent: Option<&'a str>,
 }
 
 /// Whether a target's provider is inside its budget and free tier. `Err(true)`: refuse
@@ -101,6 +145,7 @@ fn within_limits(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_plan(
     state: &GatewayState,
     session: &mut Session,
@@ -109,6 +154,8 @@ async fn run_plan(
     plan: Vec<Target>,
     ctx: &RequestCtx<'_>,
     last_provider: &mut String,
+    trace: &mut Option<RequestTrace>,
+    summary: &mut Option<ServedSummary>,
 ) -> Result<(), GatewayError> {
     let (rid, started) = (ctx.rid, ctx.started);
     let mut limited: Option<crate::budget::Limit> = None;
@@ -172,6 +219,19 @@ async fn run_plan(
         };
         *last_provider = target.provider.name.clone();
         let attempt_started = Instant::now();
+        let span_started = std::time::SystemTime::now();
+        let mut report = |usage: Option<&Usage>, error: Option<String>| {
+            if let Some(t) = trace.as_mut() {
+                t.attempt(AttemptReport {
+                    provider: &target.provider.name,
+                    provider_kind: crate::providers::semconv_name(target.provider.kind),
+                    upstream_model: &target.model,
+                    started: span_started,
+                    usage: usage.map(Usage::token_counts),
+                    error,
+                });
+            }
+        };
         let result = attempt(
             state,
             session,
@@ -230,6 +290,18 @@ async fn run_plan(
                     tokens: served.usage.as_ref().map(Usage::token_counts),
                     cost_usd: served.cost,
                 });
+                report(
+                    served.usage.as_ref(),
+                    served
+                        .broken
+                        .then(|| "stream broke after it started".to_owned()),
+                );
+                *summary = Some(ServedSummary {
+                    provider: target.provider.name.clone(),
+                    upstream_model: target.model.clone(),
+                    tokens: served.usage.as_ref().map(Usage::token_counts),
+                    cost: served.cost,
+                });
                 log_served(rid, req, target, &served, attempts, started);
                 return Ok(());
             }
@@ -241,6 +313,7 @@ async fn run_plan(
                 state
                     .metrics
                     .request(&req.model, &target.provider.name, "client_closed");
+                report(None, Some("client closed the connection".into()));
                 log::debug!("request_id={rid} client went away during attempt {attempts}");
                 return Ok(());
             }
@@ -258,6 +331,10 @@ async fn run_plan(
                 state
                     .metrics
                     .attempt(&target.provider.name, &target.model, result_label(&failure));
+                report(
+                    None,
+                    Some(format!("{}: {}", result_label(&failure), failure.message)),
+                );
                 if !failure.retryable() {
                     return Err(GatewayError::Upstream { failure, attempts });
                 }

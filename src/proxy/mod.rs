@@ -39,6 +39,8 @@ pub struct GatewayState {
     pub metrics: crate::telemetry::Metrics,
     /// Spend and free-tier usage; outlives reloads.
     pub ledger: crate::budget::Ledger,
+    /// The OTLP exporter, when `telemetry.otlp_endpoint` is set (fixed at start).
+    pub otlp: Option<Arc<crate::otlp::Exporter>>,
 }
 
 impl GatewayState {
@@ -52,6 +54,7 @@ impl GatewayState {
             in_flight: AtomicUsize::new(0),
             metrics: Default::default(),
             ledger: Default::default(),
+            otlp: None,
         }
     }
 }
@@ -220,10 +223,17 @@ impl Gateway {
             request.estimate_prompt_tokens(),
             expected_output,
         )?;
+        let traceparent = session
+            .req_header()
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let ctx = attempt::RequestCtx {
             rid,
             started,
             key_name: key_name.as_deref(),
+            traceparent: traceparent.as_deref(),
         };
         attempt::run(&self.state, session, table, &request, plan, &ctx).await
     }

@@ -30,7 +30,8 @@
     return el;
   }
   const badge = (text, cls) => h("span", { class: "b " + cls, text });
-  const say = (msg, bad) => { const s = $("status"); s.textContent = msg; s.className = bad ? "b bad" : ""; };
+  const show = (id) => (msg, bad) => { const s = $(id); s.textContent = msg; s.className = bad ? "b bad" : ""; };
+  const say = show("status"), note = show("note"); // polling state; the last action's result
   const ms = (v) => v == null ? "—" : v >= 10000 ? (v / 1000).toFixed(1) + " s" : Math.round(v) + " ms";
   const usd = (v) => v == null ? "—" : v === 0 ? "$0" : "$" + (v >= 1 ? v.toFixed(2) : v.toPrecision(2));
   const pct = (v) => v == null ? "—" : (v * 100).toFixed(1) + "%";
@@ -196,7 +197,7 @@
     const s = S[id];
     if (!s) { if (!el.firstChild) el.append(h("span", { class: "dim", text: "no samples yet" })); return; }
     if (el.firstChild && el.firstChild.tagName === "SPAN") el.textContent = "";
-    const x = xs(), w = 300;
+    const x = xs(), w = Math.max(220, Math.floor(($("endpoints").clientWidth - 60) / 5));
     const cell = (k) => el.querySelector(`[data-k="${k}"]`) || el.appendChild(h("div", { class: "plot", "data-k": k }));
     const pcs = ["#2a9d8f", "#e9c46a", "#e76f51"], L = ["P50", "P95", "P99"];
     plot(id + "|lat", cell("lat"), "latency (ms)", L, pcs, [x, s.latency_p50, s.latency_p95, s.latency_p99], w);
@@ -264,9 +265,9 @@
     if (!(await ask(text))) return;
     try {
       await api("POST", `/admin/endpoints/${encodeURIComponent(e.provider)}/${encodeURIComponent(e.model)}/${what}`);
-      say(`${e.id} ${what}ed`);
+      note(`${e.id} ${what}ed`);
     } catch (err) {
-      say(`${what} failed: ${err.message}`, true);
+      note(`${what} failed: ${err.message}`, true);
     }
     poll();
   }
@@ -275,10 +276,10 @@
     if (!(await ask("Reload the config file now? A config that fails validation is rejected and the current one keeps serving."))) return;
     try {
       await api("POST", "/admin/reload");
-      say("config reloaded");
+      note("config reloaded");
       full = true;
     } catch (err) {
-      say("reload failed: " + err.message, true);
+      note("reload failed: " + err.message, true);
     }
     poll();
   });

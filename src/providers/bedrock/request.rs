@@ -151,7 +151,10 @@ pub fn build_body(
 ) -> Result<Value, GatewayError> {
     let family = Family::of(model);
     check_unsupported(cx, req)?;
-    let Conversation { mut system, turns } = Converter::default().run(cx, &req.messages)?;
+    let Conversation {
+        mut system,
+        mut turns,
+    } = Converter::default().run(cx, &req.messages)?;
     let json_mode = json_mode(req);
     let has_tool_blocks = turns
         .iter()
@@ -296,19 +299,38 @@ pub fn build_body(
         inference.insert("stopSequences".into(), json!(stops));
     }
 
-    // Caching: cachePoint blocks where the client put cache_control; with auto_cache (or a
-    // top-level Anthropic-style `cache_control`) and none placed, after the system prompt and
-    // (Claude only: other families reject them there) after the tools.
+    // Caching: cachePoint blocks where the client put cache_control. With auto_cache (or a
+    // top-level Anthropic-style `cache_control`) and none placed, llmux places them the way
+    // the Anthropic adapter does: after the tools (Claude only: other families reject them
+    // there), after the system prompt, and at the end of the stable conversation prefix
+    // (everything before the newest turn), each once the prefix up to it is long enough to
+    // be cached (cache writes cost extra, pitfall 27).
     let placed = system.iter().any(is_cache_point)
         || tools.iter().any(is_cache_point)
         || turns.iter().any(|t| t.blocks.iter().any(is_cache_point));
     let wants_auto = auto_cache || req.extra.get("cache_control").is_some_and(|v| !v.is_null());
     if wants_auto && !placed {
-        if !system.is_empty() {
+        let min = min_cacheable_tokens(model);
+        let mut prefix = 0u64;
+        if family == Family::Claude && client_tools > 0 {
+            let end = client_tools_end(&tools, client_tools);
+            prefix += tools[..end].iter().map(approx_tokens).sum::<u64>();
+            if prefix >= min {
+                tools.insert(end, cache_point(None));
+            }
+        }
+        prefix += system.iter().map(approx_tokens).sum::<u64>();
+        if !system.is_empty() && prefix >= min {
             system.push(cache_point(None));
         }
-        if family == Family::Claude && client_tools > 0 {
-            tools.insert(client_tools_end(&tools, client_tools), cache_point(None));
+        let stable = turns.len().saturating_sub(1);
+        prefix += turns[..stable]
+            .iter()
+            .flat_map(|t| t.blocks.iter())
+            .map(approx_tokens)
+            .sum::<u64>();
+        if stable > 0 && prefix >= min {
+            mark_cache(&mut turns[stable - 1].blocks, Some(&Value::Null));
         }
     }
 
@@ -467,6 +489,38 @@ struct Turn {
 struct Conversation {
     system: Vec<Value>,
     turns: Vec<Turn>,
+}
+
+/// The shortest prefix (in tokens) a model caches; shorter marks are ignored upstream but
+/// still cost a cache point. Claude's minimums are Anthropic's (providers.md §8.6); other
+/// families use the common 1024.
+fn min_cacheable_tokens(model: &str) -> u64 {
+    let m = model.to_ascii_lowercase();
+    if ["opus-5", "fable-5", "mythos-5"]
+        .iter()
+        .any(|k| m.contains(k))
+    {
+        512
+    } else if ["opus-4-5", "opus-4-6", "opus-4-7", "haiku-4-5"]
+        .iter()
+        .any(|k| m.contains(k))
+    {
+        4096
+    } else if m.contains("haiku-3") || m.contains("3-haiku") || m.contains("3-5-haiku") {
+        2048
+    } else {
+        1024
+    }
+}
+
+/// A rough token count of a JSON value (4 characters a token), for cache-point placement.
+fn approx_tokens(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.len() as u64 / 4,
+        Value::Array(a) => a.iter().map(approx_tokens).sum(),
+        Value::Object(o) => o.values().map(approx_tokens).sum(),
+        _ => 0,
+    }
 }
 
 fn is_cache_point(b: &Value) -> bool {

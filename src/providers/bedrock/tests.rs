@@ -760,30 +760,62 @@ fn cache_control_becomes_cache_points() {
         b["toolConfig"]["tools"][1],
         json!({"cachePoint": {"type": "default"}})
     );
-    // auto_cache: after system and (Claude) tools, only when the client placed none.
+    // auto_cache: after the tools (Claude only), the system prompt and the stable prefix,
+    // each once the prefix is long enough, and only when the client placed none.
     let a = adapter_with(json!({"auto_cache": true}));
-    let r = json!({"messages": [{"role": "system", "content": "s"}, user("x")], "tools": [func("get")], "response_format": {"type": "json_object"}});
+    let long = "word ".repeat(1000); // ~1250 tokens
+    let r = json!({"messages": [{"role": "system", "content": long}, user("q1"), {"role": "assistant", "content": "a1"}, user("q2")],
+        "tools": [func("get")], "response_format": {"type": "json_object"}});
     let b = body_for(&a, r.clone(), CLAUDE).unwrap();
+    assert_eq!(
+        b["toolConfig"]["tools"].as_array().unwrap().len(),
+        2,
+        "tools alone are too short"
+    );
     assert_eq!(b["system"][1], json!({"cachePoint": {"type": "default"}}));
+    assert_eq!(
+        b["messages"][1]["content"],
+        json!([{"text": "a1"}, {"cachePoint": {"type": "default"}}])
+    );
+    assert_eq!(
+        b["messages"][2]["content"],
+        json!([{"text": "q2"}]),
+        "the newest turn is not marked"
+    );
+    let big_tool = json!({"type": "function", "function": {"name": "big", "description": long}});
+    let b = body_for(&a, json!({"messages": [user("x")], "tools": [big_tool.clone()], "response_format": {"type": "json_object"}}), CLAUDE).unwrap();
     assert_eq!(
         b["toolConfig"]["tools"][1],
         json!({"cachePoint": {"type": "default"}}),
         "before the JSON tool"
     );
-    let b = body_for(&a, r.clone(), NOVA).unwrap();
-    assert_eq!(b["system"][1], json!({"cachePoint": {"type": "default"}}));
+    let b = body_for(
+        &a,
+        json!({"messages": [user("x")], "tools": [big_tool]}),
+        NOVA,
+    )
+    .unwrap();
     assert!(!b["toolConfig"]["tools"]
         .as_array()
         .unwrap()
         .iter()
         .any(|t| t.get("cachePoint").is_some()));
+    let b = body_for(&a, r.clone(), NOVA).unwrap();
+    assert_eq!(b["system"][1], json!({"cachePoint": {"type": "default"}}));
+    let haiku = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+    let b = body_for(&a, r.clone(), haiku).unwrap();
+    assert_eq!(
+        b["system"].as_array().unwrap().len(),
+        1,
+        "below Haiku 4.5's 4096-token minimum"
+    );
     let b = body_for(&adapter(), r, CLAUDE).unwrap();
     assert_eq!(
         b["system"].as_array().unwrap().len(),
         1,
         "no auto_cache, no marks"
     );
-    let marked = json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "x", "cache_control": cc}]}]});
+    let marked = json!({"messages": [{"role": "system", "content": long}, {"role": "user", "content": [{"type": "text", "text": "x", "cache_control": cc}]}]});
     assert_eq!(
         body_for(&a, marked, CLAUDE).unwrap()["system"]
             .as_array()
@@ -793,7 +825,7 @@ fn cache_control_becomes_cache_points() {
     );
     // A top-level Anthropic-style marker asks for the same placement.
     let b = body(
-        json!({"messages": [{"role": "system", "content": "s"}, user("x")], "cache_control": cc}),
+        json!({"messages": [{"role": "system", "content": long}, user("x")], "cache_control": cc}),
     );
     assert_eq!(b["system"][1], json!({"cachePoint": {"type": "default"}}));
 }
