@@ -58,8 +58,12 @@
 //! (between stream events), `stall=MS` (after the first stream event), `hang` (never answer; hold
 //! the connection until the client closes), `drop` (stream: header + first event, then close
 //! without the terminating chunk; otherwise close without answering), `garbage` (200 with an
-//! HTML body, like a broken proxy in front of the provider). Unknown directives are ignored;
-//! `status=N` also works on OpenAI `GET /v1/models/{id}` so health probes can be failed. `MockOptions::latency_ms` applies to every response and `chunk_delay_ms` to every
+//! HTML body, like a broken proxy in front of the provider), `long_latency=MS` (replaces
+//! `latency` when the request body is over 16 KiB: a model slow on long prompts), `blocked`
+//! (Gemini: a safety-blocked prompt, HTTP 200 with `promptFeedback.blockReason`), `echo_key`
+//! (OpenAI: a 401 that echoes the bearer key, as OpenAI's own message does). Unknown
+//! directives are ignored; `status=N` also works on OpenAI `GET /v1/models/{id}` so health
+//! probes can be failed. `MockOptions::latency_ms` applies to every response and `chunk_delay_ms` to every
 //! stream unless a directive overrides them; `fail_rate` answers that fraction of chat requests
 //! with the flavor's 429 or one of its 5xx (500, and 503 or Anthropic's 529) at random, or
 //! always with `fail_status` when that is set.
