@@ -117,10 +117,14 @@ fn cases() -> Vec<Case> {
                 usage: u(1114, 406, 1111, 0),
                 refusal: None,
             }),
+            // The client asked for Anthropic's automatic caching itself (top-level
+            // `cache_control`, passed through); llmux's own `auto_cache` places explicit
+            // breakpoints instead and is covered by the adapter's unit tests.
             request: Check(
-                |r| json!({"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                |r| json!({"cache_control": {"type": "ephemeral", "ttl": "5m"},
+                    "messages": [{"role": "system", "content": "You are a helpful assistant."},
                     {"role": "user", "content": text_at(r, 0, 0)}]}),
-                true,
+                false,
                 &[],
             ),
         },
@@ -138,8 +142,9 @@ fn cases() -> Vec<Case> {
                 |r| json!({"messages": [{"role": "system", "content": "You are a helpful assistant."},
                     {"role": "user", "content": text_at(r, 0, 0)},
                     {"role": "assistant", "content": text_at(r, 1, 0)},
-                    {"role": "user", "content": [{"type": "text", "text": text_at(r, 2, 0)}]}]}),
-                true,
+                    {"role": "user", "content": [{"type": "text", "text": text_at(r, 2, 0)}]}],
+                    "cache_control": {"type": "ephemeral", "ttl": "5m"}}),
+                false,
                 &[],
             ),
         },

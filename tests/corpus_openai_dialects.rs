@@ -64,8 +64,11 @@ enum RequestSide {
     /// The recorded body is also the client's request; the adapter must send it back with
     /// the dialect's rules applied. The function turns the recording into what the rules
     /// make of it, with why (`None`: sent as recorded).
-    Check(Option<(fn(&mut Value), &'static str)>),
+    Check(Option<Fix>),
 }
+
+/// How the rules change a recorded request, and why.
+type Fix = (fn(&mut Value), &'static str);
 
 struct Case {
     id: &'static str,
@@ -771,7 +774,7 @@ fn obeys_mistral_rules(id: &str, body: &Value) {
     }
 }
 
-fn check_request(id: &str, case: &Value, dir: &str, fix: Option<(fn(&mut Value), &str)>) {
+fn check_request(id: &str, case: &Value, dir: &str, fix: Option<Fix>) {
     let recorded = &case["request"]["body"];
     let a = adapter(case, dir);
     let model = recorded["model"].as_str().unwrap();
@@ -1008,5 +1011,188 @@ proptest! {
         }
         pieces.push(&wire[last..]);
         prop_assert_eq!(translate_stream(&a, &req, &pieces), whole, "{}", id);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// No input makes a dialect panic
+// ---------------------------------------------------------------------------------------
+
+const KINDS: [(&str, &str); 7] = [
+    ("openai", "https://api.openai.com/v1"),
+    ("mock", "http://127.0.0.1:9/v1"),
+    ("openai_compatible", "http://127.0.0.1:8000/v1"),
+    ("mistral", "https://api.mistral.ai/v1"),
+    ("deepseek", "https://api.deepseek.com"),
+    (
+        "qwen",
+        "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+    ),
+    ("azure_openai", "https://res.openai.azure.com"),
+];
+
+fn adapter_of(kind: &str, base: &str, drop: bool, version: &str) -> OpenAiAdapter {
+    let cfg: ProviderConfig = serde_json::from_value(json!({"name": "p", "kind": kind,
+        "base_url": base, "api_key": "sk-prop-123456", "drop_unsupported_params": drop,
+        "api_version": version}))
+    .unwrap();
+    OpenAiAdapter::new(
+        &cfg,
+        &BaseUrl::parse(base).unwrap(),
+        Dialect::for_kind(cfg.kind),
+    )
+}
+
+/// Pieces of plausible and implausible OpenAI-dialect stream events.
+fn event_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("data: [DONE]\n\n".to_owned()),
+        Just(": keep-alive\n\n".to_owned()),
+        Just("\n".to_owned()),
+        Just("data: {\"error\":{\"message\":\"x\"}}\n\n".to_owned()),
+        Just("data: {\"object\":\"error\",\"message\":\"m\"}\n\n".to_owned()),
+        Just("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":[{\"type\":\"thinking\",\"thinking\":[{\"type\":\"text\",\"text\":\"t\"}]},{\"type\":\"text\",\"text\":\"a\"}]},\"finish_reason\":null}]}\n\n".to_owned()),
+        Just("data: {\"choices\":[{\"index\":1,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}\n\n".to_owned()),
+        Just("data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"prompt_cache_hit_tokens\":1}}\n\n".to_owned()),
+        Just("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"model_length\"}]}\n\n".to_owned()),
+        Just("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":-1}}\n\n".to_owned()),
+        Just("data: {\"choices\":[],\"usage\":5}\n\n".to_owned()),
+        Just("data: {\"choices\":\"nope\",\"usage\":null}\n\n".to_owned()),
+        Just("data: [1,2]\n\n".to_owned()),
+        "[ -~]{0,40}",
+        any::<Vec<u8>>().prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+}
+
+/// Plausible and implausible JSON for a non-stream body or an error body.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[a-z_]{0,8}".prop_map(Value::from),
+        Just(json!("stop")),
+        Just(json!("error")),
+        Just(json!("model_length")),
+        Just(json!({"type": "thinking", "thinking": [{"type": "text", "text": "t"}]})),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "choices",
+                    "message",
+                    "content",
+                    "tool_calls",
+                    "finish_reason",
+                    "usage",
+                    "error",
+                    "message",
+                    "object",
+                    "detail",
+                    "prompt_tokens_details",
+                    "cached_tokens",
+                    "prompt_cache_hit_tokens",
+                    "code",
+                    "type",
+                    "delta",
+                    "x",
+                ]),
+                inner,
+                0..5,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_upstream_bytes_never_panic(
+        kind in 0usize..KINDS.len(),
+        pieces in prop::collection::vec(event_piece(), 0..12),
+        body in json_value(),
+        status in 100u16..600,
+        asked in any::<bool>(),
+    ) {
+        let (kind, base) = KINDS[kind];
+        let a = adapter_of(kind, base, false, "2024-10-21");
+        let req = stream_request(asked);
+        let mut t = a.stream_translator(&req, "m");
+        let mut out = BytesMut::new();
+        for p in &pieces {
+            if t.feed(p.as_bytes(), &mut out).is_err() {
+                break;
+            }
+        }
+        let _ = t.finish(&mut out);
+        let bytes = serde_json::to_vec(&body).unwrap();
+        if let Ok(r) = a.chat_response(&req, "m", &bytes) {
+            prop_assert!(serde_json::from_slice::<Value>(&r.body).is_ok());
+        }
+        let f = a.error(status, &http::HeaderMap::new(), &bytes);
+        prop_assert!(!f.message.contains("sk-prop-123456"));
+        let _ = a.error(status, &http::HeaderMap::new(), pieces.concat().as_bytes());
+    }
+
+    #[test]
+    fn random_requests_translate_or_name_the_refused_field(
+        kind in 0usize..KINDS.len(),
+        ids in prop::collection::vec("[a-zA-Z0-9_.:-]{0,14}", 1..4),
+        contents in prop::collection::vec(prop::option::of(prop::sample::select(vec!["", "hi", " "])), 1..4),
+        params in prop::collection::vec(prop::sample::select(vec![
+            ("logprobs", json!(true)), ("top_logprobs", json!(2)), ("user", json!("u")),
+            ("n", json!(3)), ("seed", json!(1)), ("max_completion_tokens", json!(10)),
+            ("tool_choice", json!("required")), ("logit_bias", json!({})),
+            ("response_format", json!({"type": "json_schema", "json_schema": {"name": "a"}})),
+            ("thinking", json!({"type": "enabled"})), ("temperature", json!(0.5)),
+            ("stream", json!(true)), ("stream_options", json!({"include_usage": true})),
+        ]), 0..6),
+        drop in any::<bool>(),
+        old_version in any::<bool>(),
+    ) {
+        let (kind, base) = KINDS[kind];
+        let a = adapter_of(kind, base, drop, if old_version { "2024-06-01" } else { "2024-10-21" });
+        let mut messages = vec![json!({"role": "developer", "content": "d", "name": "n"})];
+        for (k, id) in ids.iter().enumerate() {
+            let content = contents[k % contents.len()];
+            messages.push(json!({"role": "user", "content": "q"}));
+            messages.push(json!({"role": "assistant", "content": content,
+                "tool_calls": [{"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}}]}));
+            messages.push(json!({"role": "tool", "tool_call_id": id, "content": "r"}));
+            messages.push(json!({"role": "assistant", "content": content, "reasoning_content": "why"}));
+        }
+        let mut r = json!({"model": "m", "messages": messages,
+            "tools": [{"type": "function", "function": {"name": "f", "strict": true, "parameters": {"$schema": "s", "type": "object"}}}]});
+        for (k, v) in &params {
+            r[*k] = v.clone();
+        }
+        let req: ChatRequest = serde_json::from_value(r).unwrap();
+        match a.chat_request(&req, "deepseek-reasoner") {
+            Ok(up) => {
+                let body: Value = serde_json::from_slice(&up.body).unwrap();
+                if kind == "mistral" {
+                    obeys_mistral_rules("random", &body);
+                    // Each call and its result carry the same rewritten id.
+                    let msgs = body["messages"].as_array().unwrap();
+                    for (m, next) in msgs.iter().zip(msgs.iter().skip(1)) {
+                        if let Some(call) = m["tool_calls"].as_array().and_then(|c| c.first()) {
+                            prop_assert_eq!(&call["id"], &next["tool_call_id"]);
+                        }
+                    }
+                }
+                if kind != "openai" && kind != "mock" && kind != "azure_openai" {
+                    prop_assert!(body["messages"].as_array().unwrap().iter().all(|m| m["role"] != "developer"));
+                }
+            }
+            Err(e) => {
+                prop_assert!(!drop, "dropping never refuses: {}", e);
+                prop_assert_eq!(e.status(), 400, "{}", e);
+                prop_assert!(e.param().is_some(), "an error names its field: {}", e);
+            }
+        }
     }
 }

@@ -1167,7 +1167,7 @@ fn thinking_config(cx: &Ctx, req: &ChatRequest) -> Result<Option<(Value, bool)>,
 
 /// The shortest prefix Anthropic caches for a model, in tokens (providers.md §2.9); below it
 /// a breakpoint is silently ignored, so llmux does not place one.
-fn min_cacheable_tokens(model: &str) -> u64 {
+pub(crate) fn min_cacheable_tokens(model: &str) -> u64 {
     let m = model.to_ascii_lowercase();
     if ["opus-5", "fable-5", "mythos-5"]
         .iter()

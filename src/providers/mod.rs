@@ -18,7 +18,8 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 /// An HTTP request for the upstream, before addressing (the proxy adds host and framing).
-#[derive(Debug, Clone)]
+/// Its `Debug` masks credential headers, so it is safe in a log line.
+#[derive(Clone)]
 pub struct UpstreamRequest {
     pub method: &'static str,
     /// Path and query, including the base URL's path prefix.
@@ -26,6 +27,35 @@ pub struct UpstreamRequest {
     /// Headers the provider needs (auth, version, content type, configured extras).
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+}
+
+/// Headers that carry credentials: never printed.
+const SECRET_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "x-amz-security-token",
+    "proxy-authorization",
+];
+
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// A translated non-stream response.
@@ -261,6 +291,25 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn debug_masks_credential_headers() {
+        let r = UpstreamRequest {
+            method: "POST",
+            path: "/v1/x".into(),
+            headers: vec![
+                ("Authorization".into(), "Bearer sk-1".into()),
+                ("x-goog-api-key".into(), "g-2".into()),
+                ("accept".into(), "a".into()),
+            ],
+            body: Bytes::from_static(b"{}"),
+        };
+        let s = format!("{r:?}");
+        assert!(
+            !s.contains("sk-1") && !s.contains("g-2") && s.contains("accept"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -212,6 +212,20 @@ async fn run_plan(
         attempts += 1;
         let upstream_req = match target.provider.adapter.chat_request(req, &target.model) {
             Ok(r) => r,
+            // The adapter could not build a request for reasons of the endpoint, not the
+            // request (e.g. expired credentials): a failed attempt, like any other.
+            Err(GatewayError::Upstream { failure, .. }) => {
+                target.endpoint.release(permit);
+                log::warn!("request_id={rid} {target:?}: {}", failure.message);
+                state
+                    .metrics
+                    .attempt(&target.provider.name, &target.model, result_label(&failure));
+                if !failure.retryable() {
+                    return Err(GatewayError::Upstream { failure, attempts });
+                }
+                last = Some(failure);
+                continue;
+            }
             Err(e) => {
                 target.endpoint.release(permit);
                 return Err(e);

@@ -177,8 +177,8 @@ models:
         assert any(r["path"] == "/v1/chat/completions" for r in mock.requests())
 
         # It really runs as 65532, with a read-only root.
-        top = run([docker, "top", name, "-o", "uid,args"], 30).stdout
-        assert re.search(r"^\s*65532\s+/usr/local/bin/llmux serve", top, re.M), top
+        top = run([docker, "top", name, "-o", "pid,uid,args"], 30).stdout
+        assert re.search(r"^\s*\d+\s+65532\s+/usr/local/bin/llmux serve\s*$", top, re.M), top
         inspect = json.loads(run([docker, "inspect", name], 30).stdout)[0]["HostConfig"]
         assert inspect["ReadonlyRootfs"] is True
 

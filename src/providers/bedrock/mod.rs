@@ -17,7 +17,11 @@
 //!   returned as `content` with `finish_reason: stop`.
 //! * Remote image URLs are a 400: Converse needs bytes and llmux does not download.
 //! * Converse returns no response id: ids are generated (`chatcmpl-bedrock-…`).
-//! * `temperature` is clamped to Converse's 0–1.
+//! * `temperature` is clamped to Converse's 0–1; Claude gets no `top_p` next to it.
+//! * `cache_control` marks become `cachePoint` blocks; `auto_cache` places them like the
+//!   Anthropic adapter (tools for Claude, system, stable prefix) above the cacheable minimum.
+//! * Credentials: `aws` keys, a Bedrock `api_key` (Bearer), or the AWS_* environment; web
+//!   identity needs a refresher outside the adapter ([`BedrockAdapter::with_credential_slot`]).
 
 pub mod auth;
 pub mod eventstream;

@@ -310,7 +310,8 @@ pub fn build_body(
         || turns.iter().any(|t| t.blocks.iter().any(is_cache_point));
     let wants_auto = auto_cache || req.extra.get("cache_control").is_some_and(|v| !v.is_null());
     if wants_auto && !placed {
-        let min = min_cacheable_tokens(model);
+        // Claude on Bedrock caches from Anthropic's minimums (providers.md §8.6).
+        let min = crate::providers::anthropic::min_cacheable_tokens(model);
         let mut prefix = 0u64;
         if family == Family::Claude && client_tools > 0 {
             let end = client_tools_end(&tools, client_tools);
@@ -489,28 +490,6 @@ struct Turn {
 struct Conversation {
     system: Vec<Value>,
     turns: Vec<Turn>,
-}
-
-/// The shortest prefix (in tokens) a model caches; shorter marks are ignored upstream but
-/// still cost a cache point. Claude's minimums are Anthropic's (providers.md §8.6); other
-/// families use the common 1024.
-fn min_cacheable_tokens(model: &str) -> u64 {
-    let m = model.to_ascii_lowercase();
-    if ["opus-5", "fable-5", "mythos-5"]
-        .iter()
-        .any(|k| m.contains(k))
-    {
-        512
-    } else if ["opus-4-5", "opus-4-6", "opus-4-7", "haiku-4-5"]
-        .iter()
-        .any(|k| m.contains(k))
-    {
-        4096
-    } else if m.contains("haiku-3") || m.contains("3-haiku") || m.contains("3-5-haiku") {
-        2048
-    } else {
-        1024
-    }
 }
 
 /// A rough token count of a JSON value (4 characters a token), for cache-point placement.

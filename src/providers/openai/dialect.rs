@@ -9,9 +9,16 @@
 //! | `openai`, `mock` | as sent | byte-exact | OpenAI envelope |
 //! | `azure_openai` [§7] | as sent; URL carries the deployment and `api-version`; key in `api-key`; `stream_options` only on versions that know it | byte-exact (`choices: []` filter chunks pass) | `content_filter` 400 is permanent |
 //! | `mistral` [§4] | tool-call ids → 9 alphanumerics; `seed` → `random_seed`; `max_completion_tokens` → `max_tokens`; `required` → `any`; `developer` → `system`; `name` kept on `tool` only; empty assistant turns dropped; `reasoning_content` → a `thinking` chunk; tool schemas lose `$schema`/`$id`/`strict`; no `stream_options`; `logprobs`, `top_logprobs`, `user`, ... refused | `thinking`/`text` chunks → `reasoning_content`/`content`; `model_length` → `length`; `error` fails; usage on the last content chunk is moved to its own chunk | `{"object":"error"}` and FastAPI `detail` bodies |
-//! | `deepseek` [§5] | `n` > 1 and `json_schema` refused; thinking mode drops the sampling knobs it ignores and refuses `logprobs` | `prompt_cache_hit_tokens` → `cached_tokens`; `insufficient_system_resource` fails (retryable) | 402 → permanent `insufficient_quota` |
-//! | `qwen` [§6] | `max_completion_tokens` → `max_tokens`; vendor fields (`enable_thinking`, ...) pass at the top level | as `deepseek` | `data_inspection_failed` → permanent `content_filter`; `Arrearage` → `insufficient_quota` |
-//! | `openai_compatible` [§9] | `max_completion_tokens` → `max_tokens` | `finish_reason: stop` with tool calls → `tool_calls`; a stream may end without `[DONE]` after a finish | llama.cpp context overflow → `context_length_exceeded` |
+//! | `deepseek` [§5] | `developer` → `system`; `max_completion_tokens` → `max_tokens`; `n` > 1 and `json_schema` refused; thinking mode drops the sampling knobs it ignores and refuses `logprobs`; `reasoning_content` replayed | `prompt_cache_hit_tokens` → `cached_tokens`; `insufficient_system_resource` fails (retryable) | 402 → permanent `insufficient_quota` |
+//! | `qwen` [§6] | `developer` → `system`; `max_completion_tokens` → `max_tokens`; vendor fields (`enable_thinking`, ...) pass at the top level | the shared rules below | `data_inspection_failed` → permanent `content_filter`; `Arrearage` → `insufficient_quota` |
+//! | `openai_compatible` [§9] | key optional; `developer` → `system`; `max_completion_tokens` → `max_tokens` | a stream may end without `[DONE]` after a finish; no usage chunk is fine | llama.cpp context overflow → `context_length_exceeded` |
+//!
+//! The four dialects whose responses are parsed (`mistral`, `deepseek`, `qwen`,
+//! `openai_compatible`) share the response rules: `finish_reason: stop` after tool calls
+//! becomes `tool_calls` (pitfall 17), cached tokens are written where only the provider's
+//! own field has them, usage riding on a content chunk moves to a chunk of its own (or goes
+//! when the client did not ask, pitfall 20), and keep-alive comments are held back until
+//! the first real event so they neither commit the response nor end failover.
 
 use crate::config::ProviderKind;
 use crate::types::{ChatRequest, ErrorDetail, ResponseFormat, UpstreamFailure};
@@ -253,12 +260,33 @@ pub fn rewrite_request(
     }
     match cx.dialect {
         Dialect::Mistral => mistral_request(cx, req, body),
-        Dialect::DeepSeek => deepseek_request(cx, req, model, body),
+        Dialect::DeepSeek => {
+            developer_as_system(body);
+            deepseek_request(cx, req, model, body)
+        }
         Dialect::Qwen | Dialect::Compatible => {
+            developer_as_system(body);
             completion_tokens_as_max_tokens(body);
             Ok(())
         }
         Dialect::OpenAi | Dialect::Mock | Dialect::Azure => Ok(()),
+    }
+}
+
+/// `developer` is OpenAI's newer name for `system` (§1.3); servers other than OpenAI's own
+/// know only `system`.
+fn developer_as_system(body: &mut Map<String, Value>) {
+    for m in body
+        .get_mut("messages")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(m) = m.as_object_mut() {
+            if m.get("role").and_then(Value::as_str) == Some("developer") {
+                m.insert("role".into(), "system".into());
+            }
+        }
     }
 }
 

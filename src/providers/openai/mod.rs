@@ -1111,6 +1111,26 @@ mod dialect_rules {
     }
 
     #[test]
+    fn developer_messages_are_system_messages_off_openai() {
+        let r = json!({"messages": [{"role": "developer", "content": "d"}, USER()]});
+        for a in [
+            deepseek(),
+            compatible(),
+            adapter(
+                "qwen",
+                "https://dashscope.aliyuncs.com/compatible-mode/v1",
+                json!({}),
+            ),
+        ] {
+            assert_eq!(sent(&a, r.clone(), "m")["messages"][0]["role"], "system");
+        }
+        assert_eq!(
+            sent(&azure("2024-10-21"), r, "m")["messages"][0]["role"],
+            "developer"
+        );
+    }
+
+    #[test]
     fn deepseek_reasoning_content_is_replayed() {
         let body = sent(
             &deepseek(),
