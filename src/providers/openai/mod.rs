@@ -451,7 +451,8 @@ impl PassthroughStream {
         if data == b"[DONE]" {
             self.done = true;
         } else if data.starts_with(b"{\"error\"") {
-            let failure = openai_error(
+            let failure = dialect_error(
+                self.dialect,
                 &self.provider,
                 &self.api_key,
                 500,
