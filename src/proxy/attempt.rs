@@ -159,6 +159,14 @@ async fn run_plan(
 ) -> Result<(), GatewayError> {
     let (rid, started) = (ctx.rid, ctx.started);
     let mut limited: Option<crate::budget::Limit> = None;
+    // Raised when a provider said the prompt does not fit its window.
+    let mut min_window = 0u64;
+    let window_of = |t: &Target| {
+        t.price
+            .as_ref()
+            .and_then(|p| p.context_window)
+            .unwrap_or(u64::MAX)
+    };
     // Time spent waiting on providers (and in backoff), so overhead = total - this.
     let mut upstream_time = Duration::ZERO;
     let deadline = started + table.limits.request_timeout;
@@ -181,6 +189,9 @@ async fn run_plan(
             let pause = backoff(round).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             upstream_time += pause;
+        }
+        if window_of(target) < min_window {
+            continue;
         }
         match within_limits(state, target) {
             Ok(()) => {}
@@ -349,6 +360,20 @@ async fn run_plan(
                     None,
                     Some(format!("{}: {}", result_label(&failure), failure.message)),
                 );
+                if failure.code() == Some("context_length_exceeded") {
+                    // llmux's token estimate was short for this model: a target with a larger
+                    // window may still fit; smaller or equal ones are skipped from now on.
+                    let window = target
+                        .price
+                        .as_ref()
+                        .and_then(|p| p.context_window)
+                        .unwrap_or(u64::MAX);
+                    min_window = min_window.max(window.saturating_add(1));
+                    if plan.iter().any(|t| window_of(t) >= min_window) {
+                        last = Some(failure);
+                        continue;
+                    }
+                }
                 if !failure.retryable() {
                     return Err(GatewayError::Upstream { failure, attempts });
                 }

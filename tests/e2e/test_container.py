@@ -14,9 +14,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import tarfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -123,11 +125,61 @@ def test_static_binary_and_a_minimal_image(docker, image, tmp_path):
     assert files["/etc/ssl/certs/ca-certificates.crt"].size > 10_000
 
 
+class TinyDns:
+    """A DNS server on a loopback address, port 53, answering every A question with
+    127.0.0.1 (and AAAA with no address), so the container resolves an upstream by DNS."""
+
+    ADDR = "127.77.0.53"
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((self.ADDR, 53))
+        except OSError as e:
+            pytest.fail(f"cannot bind {self.ADDR}:53 for the test DNS server ({e}): run the suite as root, as CI does")
+        self.sock.settimeout(0.2)
+        self.questions = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop.is_set():
+            try:
+                q, peer = self.sock.recvfrom(512)
+            except (socket.timeout, OSError):
+                continue
+            tid, = struct.unpack_from(">H", q)
+            i, labels = 12, []
+            while q[i]:
+                labels.append(q[i + 1:i + 1 + q[i]].decode())
+                i += q[i] + 1
+            qtype, = struct.unpack_from(">H", q, i + 1)
+            self.questions.append((".".join(labels), qtype))
+            question = q[12:i + 5]
+            answers = b""
+            if qtype == 1:
+                answers = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 30, 4) + socket.inet_aton("127.0.0.1")
+            header = struct.pack(">HHHHHH", tid, 0x8180, 1, 1 if answers else 0, 0, 0)
+            self.sock.sendto(header + question + answers, peer)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
 def test_image_serves_the_openai_sdk_read_only_as_uid_65532(docker, image, tmp_path):
     mock = Mock("--flavor", "openai")
+    dns = TinyDns()
     port, admin = free_port(), free_port()
-    # Mounted like the ConfigMap: a folder at /etc/llmux, read-only. The upstream is named
-    # `localhost`, so name resolution (static glibc, no NSS libraries in the image) is used.
+    # Name resolution in a static glibc binary with no NSS libraries in the image: the main
+    # upstream is found by DNS (the resolv.conf mounted, as Kubernetes mounts one), the
+    # backup through /etc/hosts (`localhost`).
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {TinyDns.ADDR}\noptions timeout:2 attempts:2\n")
+    resolv.chmod(0o644)
+    # Mounted like the ConfigMap: a folder at /etc/llmux, read-only.
     conf = tmp_path / "etc-llmux"
     conf.mkdir()
     (conf / "llmux.yaml").write_text(f"""
@@ -138,11 +190,17 @@ server:
 providers:
   - name: openai
     kind: openai
+    base_url: http://mock.llmux.test:{mock.port}/v1
+    api_key: ${{OPENAI_API_KEY}}
+  - name: backup
+    kind: openai
     base_url: http://localhost:{mock.port}/v1
     api_key: ${{OPENAI_API_KEY}}
 models:
   - name: chat
     targets: [ {{ provider: openai, model: gpt-4o-mini }} ]
+  - name: via-hosts
+    targets: [ {{ provider: backup, model: gpt-4o-mini }} ]
 """)
     conf.chmod(0o755)
     (conf / "llmux.yaml").chmod(0o644)
@@ -151,7 +209,7 @@ models:
     # Loopback only: the container shares the host's network namespace; no port is published.
     run([docker, "run", "-d", "--name", name, "--network", "host", "--read-only", "--user", "65532:65532",
          "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-         "-v", f"{conf}:/etc/llmux:ro", "-e", "OPENAI_API_KEY=sk-container-test-0123456789", image], 60)
+         "-v", f"{conf}:/etc/llmux:ro", "-v", f"{resolv}:/etc/resolv.conf:ro", "-e", "OPENAI_API_KEY=sk-container-test-0123456789", image], 60)
     try:
         deadline = time.monotonic() + 30
         ready = False
@@ -169,6 +227,9 @@ models:
         reply = raw.parse()
         assert reply.choices[0].message.content.startswith("mock reply to: Hello from a container")
         assert raw.headers["x-llmux-provider"] == "openai" and raw.headers["x-llmux-model"] == "gpt-4o-mini"
+        assert ("mock.llmux.test", 1) in dns.questions, "the upstream was resolved by DNS"
+        hosts = client.chat.completions.with_raw_response.create(model="via-hosts", messages=[{"role": "user", "content": "hi"}])
+        assert hosts.headers["x-llmux-provider"] == "backup", "and `localhost` through /etc/hosts"
         chunks = list(client.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "and a stream"}], stream=True,
             stream_options={"include_usage": True}))
@@ -191,6 +252,7 @@ models:
         assert "sk-container-test" not in logs(docker, name)
     finally:
         subprocess.run([docker, "rm", "-f", name], capture_output=True, timeout=60)
+        dns.close()
         mock.stop()
 
 
