@@ -4,35 +4,49 @@
 use crate::health::{BreakerState, Endpoint, Health};
 use crate::otlp::{AttrValue, Exporter, MetricData, SpanKind, SpanRecord};
 use crate::types::TokenCounts;
-use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Counters whose labels are not per endpoint (the client's model name, the outcome).
+/// Label sets are few (aliases × providers × outcomes), so a short list scanned without
+/// allocating beats a map that needs owned keys for every lookup.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// (model, provider, outcome) → client requests.
-    requests: Mutex<HashMap<(String, String, String), u64>>,
+    requests: Mutex<Vec<((String, String, String), u64)>>,
     /// (provider, model, result) → upstream attempts.
-    attempts: Mutex<HashMap<(String, String, &'static str), u64>>,
+    attempts: Mutex<Vec<((String, String, &'static str), u64)>>,
 }
 
 impl Metrics {
     /// Counts one client request: `outcome` is `success` or the error code.
     pub fn request(&self, model: &str, provider: &str, outcome: &str) {
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((model.to_owned(), provider.to_owned(), outcome.to_owned()))
-                .or_default() += 1;
+            let hit = m
+                .iter_mut()
+                .find(|((a, b, c), _)| a == model && b == provider && c == outcome);
+            match hit {
+                Some((_, n)) => *n += 1,
+                None => m.push((
+                    (model.to_owned(), provider.to_owned(), outcome.to_owned()),
+                    1,
+                )),
+            }
         }
     }
 
     /// Counts one upstream attempt.
     pub fn attempt(&self, provider: &str, model: &str, result: &'static str) {
         if let Ok(mut m) = self.attempts.lock() {
-            *m.entry((provider.to_owned(), model.to_owned(), result))
-                .or_default() += 1;
+            let hit = m
+                .iter_mut()
+                .find(|((a, b, c), _)| a == provider && b == model && *c == result);
+            match hit {
+                Some((_, n)) => *n += 1,
+                None => m.push(((provider.to_owned(), model.to_owned(), result), 1)),
+            }
         }
     }
 

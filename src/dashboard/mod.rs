@@ -627,7 +627,7 @@ impl History {
                 );
             }
             // Successes by answering provider; failures by error code.
-            let (mut ok, mut failed): (Vec<(&str, u64)>, Vec<(&str, u64)>) = Default::default();
+            let (mut ok, mut failed): (Tally, Tally) = Default::default();
             for (model, provider, outcome, count) in &served {
                 if *model != route.name {
                     continue;
@@ -655,9 +655,15 @@ impl History {
             }
             out.push_str("],\"fallbacks\":");
             // Under `fallback`, a success from another provider than the first target's
-            // was a fallback; other strategies have no first choice to fall back from.
-            match (route.strategy, route.targets.first()) {
-                (Strategy::Fallback, Some(primary)) => {
+            // was a fallback. The request counter names the provider only, so when another
+            // target shares the first one's provider the count is unknown (null); other
+            // strategies have no first choice to fall back from.
+            match (route.strategy, route.targets.split_first()) {
+                (Strategy::Fallback, Some((primary, rest)))
+                    if rest
+                        .iter()
+                        .all(|t| t.provider.name != primary.provider.name) =>
+                {
                     let n: u64 = ok
                         .iter()
                         .filter(|(p, _)| *p != primary.provider.name)
@@ -673,6 +679,9 @@ impl History {
         out
     }
 }
+
+/// (provider or error code, requests) rows of the model view.
+type Tally<'a> = Vec<(&'a str, u64)>;
 
 /// The `/admin/history` query.
 struct Query {
@@ -1228,6 +1237,18 @@ models: [ { name: chat, targets: [ { provider: b, model: "m2@status=500,x" }, { 
             serde_json::json!([{"code": "upstream_error", "requests": 1}])
         );
         assert_eq!(chat["fallbacks"], 1);
+        let same = table(
+            r#"
+providers: [ { name: b, kind: openai_compatible, base_url: "http://127.0.0.1:2/v1" } ]
+models: [ { name: chat, targets: [ { provider: b, model: x }, { provider: b, model: y } ] } ]
+"#,
+        );
+        let text = h.render(&same, &Ledger::default(), &m.render(&[]), None, T0);
+        let d2: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            d2["models"][0]["fallbacks"].is_null(),
+            "one provider: unknown"
+        );
         let w = &d["models"][1];
         assert_eq!(
             (w["name"].clone(), w["fallbacks"].clone()),

@@ -26,6 +26,18 @@ pub(crate) struct Directives {
     /// OpenAI: answer 401 echoing the bearer key back, as OpenAI's own "Incorrect API key
     /// provided: sk-..." does (tests check the gateway never passes a key on).
     pub(crate) echo_key: bool,
+    /// Azure: the prompt trips the content filter (HTTP 400, `code: content_filter`).
+    pub(crate) content_filter: bool,
+    /// Qwen: Alibaba's moderation blocks the input (HTTP 400 `data_inspection_failed`).
+    pub(crate) data_inspection: bool,
+    /// DeepSeek: this many keep-alives before the answer (`: keep-alive` comments in a
+    /// stream, blank lines before a JSON body); streams send one unless told otherwise.
+    pub(crate) keep_alive: Option<u64>,
+    /// Bedrock: a ConverseStream that breaks after its first text delta with this
+    /// exception frame (`throttlingException`, `modelStreamErrorException`, ...).
+    pub(crate) exception: Option<String>,
+    /// Generic OpenAI-compatible server: end the stream without `data: [DONE]`.
+    pub(crate) no_done: bool,
 }
 
 /// Request bodies above this size count as long prompts for `long_latency`.
@@ -73,6 +85,11 @@ pub(crate) fn split_model(raw: &str) -> (&str, Directives) {
             "blocked" => d.blocked = true,
             "long_latency" => d.long_latency_ms = delay,
             "echo_key" => d.echo_key = true,
+            "content_filter" => d.content_filter = true,
+            "data_inspection" => d.data_inspection = true,
+            "keep_alive" => d.keep_alive = num.map(|n| n.min(1000)),
+            "exception" if !value.trim().is_empty() => d.exception = Some(value.trim().into()),
+            "no_done" => d.no_done = true,
             other => log::warn!("mock: ignoring unknown directive {other:?}"),
         }
     }
@@ -358,6 +375,28 @@ pub(crate) fn rand_id(prefix: &str, len: usize) -> String {
     id
 }
 
+/// `len` random lowercase hex digits (Mistral's response ids).
+pub(crate) fn rand_hex(len: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    std::iter::repeat_with(|| char::from(HEX[fastrand::usize(..16)]))
+        .take(len)
+        .collect()
+}
+
+/// A random version-4 UUID in its usual 8-4-4-4-12 spelling (DeepSeek, DashScope, AWS ids).
+pub(crate) fn rand_uuid() -> String {
+    let h = rand_hex(32);
+    let variant = ["8", "9", "a", "b"][fastrand::usize(..4)];
+    format!(
+        "{}-{}-4{}-{variant}{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..]
+    )
+}
+
 /// Seconds since the epoch, for `created` fields.
 pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -402,6 +441,17 @@ impl PrefixCache {
 
 /// OpenAI/Gemini implicit caching: tokens read from cache for this request's prefix.
 pub(crate) fn implicit_cached(cache: &Mutex<PrefixCache>, prefix: Option<Mark>) -> u64 {
+    implicit_cached_at(cache, prefix, MIN_CACHEABLE, 128)
+}
+
+/// Implicit caching with a provider's own minimum prefix and cache granularity (tokens):
+/// a repeated prefix of at least `min` tokens reports `floor(prefix / unit) * unit`.
+pub(crate) fn implicit_cached_at(
+    cache: &Mutex<PrefixCache>,
+    prefix: Option<Mark>,
+    min: u64,
+    unit: u64,
+) -> u64 {
     let Some(p) = prefix else { return 0 };
     let seen = {
         let mut c = lock(cache);
@@ -409,8 +459,9 @@ pub(crate) fn implicit_cached(cache: &Mutex<PrefixCache>, prefix: Option<Mark>) 
         c.insert(p.hash);
         seen
     };
+    let unit = unit.max(1);
     match p.tokens() {
-        t if seen && t >= MIN_CACHEABLE => t / 128 * 128,
+        t if seen && t >= min => t / unit * unit,
         _ => 0,
     }
 }

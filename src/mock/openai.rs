@@ -162,7 +162,18 @@ fn answer(state: &State, body: &Value, messages: &[Value], model: &str, stream: 
 }
 
 fn conversation<'a>(body: &'a Value, messages: &'a [Value], model: &str) -> Conversation<'a> {
-    let mut t = Transcript::new("openai", model);
+    conversation_in("openai", body, messages, model)
+}
+
+/// The conversation of an OpenAI-shaped request; `namespace` keeps each provider's prompt
+/// cache apart (the dialects in `dialects.rs` share this reading of the request).
+pub(crate) fn conversation_in<'a>(
+    namespace: &str,
+    body: &'a Value,
+    messages: &'a [Value],
+    model: &str,
+) -> Conversation<'a> {
+    let mut t = Transcript::new(namespace, model);
     let mut prefix = None;
     let mut last_user_text = String::new();
     for (i, m) in messages.iter().enumerate() {

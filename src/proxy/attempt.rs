@@ -296,12 +296,16 @@ async fn run_plan(
                 let spent = served.cost.unwrap_or(0.0);
                 let all_tokens =
                     tokens.input + tokens.output + tokens.cache_read + tokens.cache_write;
-                state.ledger.add_usage(
-                    &format!("provider:{}", target.provider.name),
-                    all_tokens,
-                    spent,
-                );
-                if let Some(name) = ctx.key_name {
+                // The ledger only tracks what some limit needs (no lock otherwise).
+                let provider = &target.provider;
+                if provider.budget.is_some() || provider.free_tier.is_some() {
+                    state.ledger.add_usage(
+                        &format!("provider:{}", provider.name),
+                        all_tokens,
+                        spent,
+                    );
+                }
+                if let Some(name) = ctx.key_name.filter(|n| table.key_budgets.contains_key(*n)) {
                     state
                         .ledger
                         .add_usage(&format!("key:{name}"), all_tokens, spent);
