@@ -4,7 +4,8 @@
 //! `cargo bench --bench hot_paths -- translate_request`).
 //!
 //! Groups:
-//! * `parse_request`: client body → `ChatRequest` (short prompt, 100 KB prompt).
+//! * `parse_request`: client body → `ChatRequest` (short prompt, 100 KB prompt), and the
+//!   same parse with plain `serde_json` (no error-path tracking) for reference.
 //! * `translate_request`: `Adapter::chat_request` for OpenAI (pass-through re-serialise),
 //!   Anthropic and Gemini, short and 100 KB prompts.
 //! * `translate_response`: `Adapter::chat_response` on a recorded mock answer (~0.5 KB).
@@ -127,6 +128,11 @@ fn parse_request(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(bytes.len() as u64));
         g.bench_function(label, |b| {
             b.iter(|| llmux::proxy::parse_request(black_box(&bytes)).unwrap())
+        });
+        // Reference: the same typed parse without serde_path_to_error's path tracking
+        // (what a parse that only tracks the path after a failure would cost).
+        g.bench_function(format!("{label}/plain_serde_json"), |b| {
+            b.iter(|| serde_json::from_slice::<ChatRequest>(black_box(&bytes)).unwrap())
         });
     }
     g.finish();

@@ -38,7 +38,7 @@ enum Command {
     Mock {
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: String,
-        /// openai | anthropic | gemini | all
+        /// openai | anthropic | gemini | mistral | deepseek | qwen | azure | bedrock | all
         #[arg(long, default_value = "all")]
         flavor: String,
         /// Fraction of chat requests answered with a provider error (429 or 5xx).
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
                 Ok(f) => f,
                 Err(_) => {
                     eprintln!(
-                        "llmux mock: unknown --flavor `{flavor}` (openai|anthropic|gemini|all)"
+                        "llmux mock: unknown --flavor `{flavor}` (openai|anthropic|gemini|mistral|deepseek|qwen|azure|bedrock|all)"
                     );
                     return ExitCode::FAILURE;
                 }

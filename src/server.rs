@@ -108,6 +108,12 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
     admin.add_tcp(&admin_listen);
     server.add_service(admin);
     server.add_service(background_service("config reload", ReloadService(reloader)));
+    server.add_service(background_service(
+        "dashboard history",
+        crate::dashboard::HistorySampler {
+            state: state.clone(),
+        },
+    ));
     if let Some(exporter) = otlp {
         server.add_service(background_service(
             "otlp export",

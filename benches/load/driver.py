@@ -376,7 +376,7 @@ class Bench:
                 cpu0 = cpu_seconds(pid)
                 s = self.stream(port, sbody, st["path"], st["headers"], st["done"])
                 cpu = cpu_seconds(pid) - cpu0
-                s["cpu_ms_per_req"] = cpu * 1000.0 / s["n"] if s["n"] else None
+                s["cpu_ms_per_req"] = cpu * 1000.0 / s["sent"] if s["sent"] else None
                 entry["stream"] = s
                 log(
                     f"  {label:<12} {key:<9} stream n={s['n']} ttft p50 {fmt(s['ttft_p50_ms'])} p99 {fmt(s['ttft_p99_ms'])}"
@@ -493,18 +493,23 @@ def stream_client(a):
     conn = Conn(a.port)
     done = a.done.encode()
     ttft, total, errors, events = [], [], 0, []
-    warm = a.warmup
+    # Warm-up requests (not counted) open the connection and the proxy's upstream pool.
+    sent = 0
+    for _ in range(a.warmup):
+        sent += 1
+        try:
+            conn.request(raw)
+        except (OSError, ConnectionError, ValueError, IndexError):
+            conn.close()
     end = time.monotonic() + a.seconds
     n = 0
-    while (time.monotonic() < end or warm > 0) and n < a.max_requests:
+    while time.monotonic() < end and n < a.max_requests:
         try:
+            sent += 1
             status, t1, t2, b = conn.request(raw)
         except (OSError, ConnectionError, ValueError, IndexError):
             errors += 1
             conn.close()
-            continue
-        if warm > 0:
-            warm -= 1
             continue
         n += 1
         if status != 200 or done not in b:
@@ -516,6 +521,7 @@ def stream_client(a):
     conn.close()
     out = {
         "n": len(ttft),
+        "sent": sent,
         "errors": errors,
         "events_per_stream": statistics.median(events) if events else 0,
         "ttft_p50_ms": percentile(ttft, 50),
@@ -732,6 +738,93 @@ def main_run(a):
 
 
 # --------------------------------------------------------------------------------------
+# Profile: instructions per request under callgrind (exact, independent of machine load)
+
+
+def raw_request(port, path, body, headers):
+    extra = "".join(h.strip() + "\r\n" for h in headers if h.strip())
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def profile_run(a):
+    """Runs one proxy under callgrind, counting only `--requests` sequential requests."""
+    bin_llmux, bin_floor = Path(a.llmux_bin), Path(a.floor_bin)
+    work = Path(tempfile.mkdtemp(prefix="llmux-profile-"))
+    kids = Children(a.pidfile)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, lambda n, f: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {n}")))
+    out = work / "callgrind.out"
+    try:
+        mock_port = free_port()
+        t0 = time.perf_counter()
+        mock = kids.spawn([bin_llmux, "mock", "--listen", f"127.0.0.1:{mock_port}", "--flavor", "all"],
+                          a.load_cpu, work / "mock.log", env=dict(os.environ, RUST_LOG="warn"))
+        wait_ready(mock, mock_port, "/_mock/requests", t0, work / "mock.log")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+        if a.rust_log:
+            env["RUST_LOG"] = a.rust_log
+        if a.target == "llmux":
+            cfg = work / "llmux.yaml"
+            cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port))
+            argv = [bin_llmux, "serve", "--config", cfg]
+            model = f"bench-{a.path}"
+        else:
+            argv = [bin_floor, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{mock_port}"]
+            model = "gpt-4o-mini"
+        vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+              "--dump-instr=no", "--compress-strings=no"]
+        t0 = time.perf_counter()
+        p = kids.spawn(vg + argv, a.proxy_cpu, work / "proxy.log", env=env)
+        wait_ready(p, port, "/readyz", t0, work / "proxy.log", timeout=120)
+        body = json.dumps(openai_body(model, a.stream), separators=(",", ":")).encode()
+        raw = raw_request(port, "/v1/chat/completions", body, OPENAI_HEADERS)
+        conn = Conn(port)
+        for _ in range(a.warmup):
+            status, *_ = conn.request(raw)
+            if status != 200:
+                raise RuntimeError(f"warm-up request answered {status}")
+        subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
+        for _ in range(a.requests):
+            status, *_ = conn.request(raw)
+            if status != 200:
+                raise RuntimeError(f"request answered {status}")
+        subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], check=True, capture_output=True)
+        conn.close()
+        kids.stop(p, wait=60)
+        kids.stop(mock)
+    finally:
+        kids.stop_all()
+    total = 0
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("summary:") or line.startswith("totals:"):
+            total = int(line.split()[1])
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", f"--threshold={a.threshold}", str(out)],
+                         capture_output=True, text=True).stdout
+    incl = subprocess.run(["callgrind_annotate", "--inclusive=yes", f"--threshold={a.threshold}", str(out)],
+                          capture_output=True, text=True).stdout
+    (work / "self.txt").write_text(ann)
+    (work / "inclusive.txt").write_text(incl)
+    label = f"{a.target} {PATH_LABEL[a.path] if a.target == 'llmux' else 'OpenAI→OpenAI'} {'stream' if a.stream else 'non-stream'}"
+    print(f"## callgrind: {label}, {a.requests} requests (after {a.warmup} warm-up)")
+    print(f"instructions per request: {total / a.requests:,.0f}  (total {total:,})")
+    print(f"files: {out}, {work}/self.txt, {work}/inclusive.txt")
+    print()
+    print("top self cost (Ir, % of total, symbol):")
+    shown = 0
+    for line in ann.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[1].startswith("(") and parts[0].replace(",", "").isdigit():
+            print(f"  {line.strip()[:200]}")
+            shown += 1
+            if shown >= a.top:
+                break
+
+
+# --------------------------------------------------------------------------------------
 # Report
 
 
@@ -933,6 +1026,20 @@ def main():
     r.add_argument("--max-minutes", type=float, default=20.0)
     r.add_argument("--out-dir", default=str(ROOT / "target/bench-load"))
     r.add_argument("--pidfile", default=None)
+    pr = sub.add_parser("profile", help="one proxy under valgrind callgrind: instructions/request, top symbols")
+    pr.add_argument("--target", choices=["llmux", "floor"], default="llmux")
+    pr.add_argument("--path", choices=PATHS, default="openai")
+    pr.add_argument("--stream", action="store_true")
+    pr.add_argument("--requests", type=int, default=2000)
+    pr.add_argument("--warmup", type=int, default=200)
+    pr.add_argument("--rust-log", default=None, help="RUST_LOG for llmux (default: its own, info)")
+    pr.add_argument("--top", type=int, default=30)
+    pr.add_argument("--threshold", type=float, default=99.0)
+    pr.add_argument("--llmux-bin", default=str(ROOT / "target/release/llmux"))
+    pr.add_argument("--floor-bin", default=str(ROOT / "target/release/examples/pingora_floor"))
+    pr.add_argument("--proxy-cpu", default="0")
+    pr.add_argument("--load-cpu", default="1")
+    pr.add_argument("--pidfile", default=None)
     c = sub.add_parser("stream-client", help="internal: the streaming client")
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--path", required=True)
@@ -940,15 +1047,21 @@ def main():
     c.add_argument("--headers", default="")
     c.add_argument("--done", default="[DONE]")
     c.add_argument("--seconds", type=float, default=3.0)
-    c.add_argument("--warmup", type=int, default=20)
+    c.add_argument("--warmup", type=int, default=10)
     c.add_argument("--max-requests", type=int, default=20000)
     c.add_argument("--out", required=True)
     argv = sys.argv[1:]
-    if not argv or argv[0] not in ("run", "stream-client", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "profile", "stream-client", "-h", "--help"):
         argv = ["run", *argv]
     a = ap.parse_args(argv)
     if a.cmd == "stream-client":
         stream_client(a)
+        return
+    if a.cmd == "profile":
+        try:
+            profile_run(a)
+        except KeyboardInterrupt as e:
+            sys.exit(f"interrupted ({e}); every started process was stopped")
         return
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     try:

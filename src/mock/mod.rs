@@ -1,5 +1,6 @@
-//! `llmux mock`: a fake LLM provider server speaking the real OpenAI, Anthropic and Gemini
-//! wire formats, so the gateway can be tested and benchmarked without real upstreams.
+//! `llmux mock`: a fake LLM provider server speaking the real OpenAI, Anthropic, Gemini,
+//! Mistral, DeepSeek, Qwen (DashScope), Azure OpenAI and AWS Bedrock wire formats, so the
+//! gateway can be tested and benchmarked without real upstreams.
 //!
 //! The mock is a *peer* of the gateway: it uses no llmux type, only HTTP/1.1 and the providers'
 //! JSON/SSE shapes (modelled on the recordings in `shared/corpus`).
@@ -12,11 +13,68 @@
 //! * Gemini: `POST /v1beta/models/{m}:generateContent`, `POST …:streamGenerateContent?alt=sse`
 //!   (without `alt=sse`: one JSON array), `GET /v1beta/models[/{m}]` (key: `x-goog-api-key` or
 //!   `?key=`; absent → 403 `PERMISSION_DENIED`, empty → 400 `API_KEY_INVALID`).
+//! * Mistral (`dialects.rs`): `POST /mistral/v1/chat/completions`, `GET /mistral/v1/models`
+//!   (Bearer). A closed request schema: a field outside Mistral's list, or a message key its
+//!   role does not take (`name` outside `tool`, `reasoning_content`, ...) → 422 `{"object":
+//!   "error","message":{"detail":[{"type":"extra_forbidden",...}]}}`; a tool-call id (in
+//!   assistant `tool_calls` or a `tool` message) that is not exactly 9 `[A-Za-z0-9]` → 400
+//!   `invalid_function_call` code `3280`; an assistant message with neither content nor
+//!   calls → 400; last role must be user/tool (or assistant with `prefix: true`); calls and
+//!   results must pair up; `tool_choice` `auto|none|any|required` (or a function). Answers:
+//!   32-hex ids, 9-character call ids, `tool_calls: null` on text, `prompt_tokens_details`
+//!   usage; streams put whole tool calls in one delta and usage (always) on the finish chunk.
+//! * DeepSeek: `POST /deepseek/chat/completions` and `/deepseek/v1/chat/completions`,
+//!   `GET /deepseek[/v1]/models`. 422 "Failed to deserialize…" for an unknown role (e.g.
+//!   `developer`) or a missing `model`/`messages`; 400 `Model Not Exist` unless the model
+//!   starts with `deepseek`; `json_object` needs "json" in the prompt; tool pairing; thinking
+//!   mode (model containing `reasoner`, or `thinking.type: enabled`) answers with
+//!   `reasoning_content` (and `completion_tokens_details.reasoning_tokens`) and wants it back
+//!   on this turn's tool-call messages. Usage adds `prompt_cache_hit_tokens` /
+//!   `prompt_cache_miss_tokens` next to `prompt_tokens_details.cached_tokens`; UUID ids,
+//!   `call_00_…` call ids; streams open with a `: keep-alive` comment, tool arguments come
+//!   in fragments, usage (with `include_usage`) rides on the finish chunk.
+//! * Qwen / DashScope compatible mode: `POST /qwen/compatible-mode/v1/chat/completions`,
+//!   `GET …/models`. Thinking (`enable_thinking: true`, default for open-weight
+//!   `qwen3-<n>b…`) streams `reasoning_content` and is a 400 without `stream`; errors carry
+//!   `request_id`; DashScope's key order; usage chunk `choices: []` with `include_usage`.
+//! * Azure OpenAI: `POST /openai/deployments/{deployment}/chat/completions?api-version=…`
+//!   (deployment percent-decoded; it is the reported model and carries directives), `POST
+//!   /openai/v1/chat/completions` (deployment as body `model`), `GET /openai/models?api-version=`.
+//!   No `api-version` → 404 `Resource not found` (as Azure does), a malformed one → 400; no
+//!   `api-key` (or Entra `Authorization: Bearer`) → 401 `{"error":{"code":"401",...}}`;
+//!   `stream_options` before 2024-09-01 → 400. `prompt_filter_results` and per-choice
+//!   `content_filter_results`; streams open with a `choices: []` filter-only chunk.
+//! * Generic local server (Ollama-like): `POST /compat/v1/chat/completions`, `GET
+//!   /compat/v1/models`, no key needed; tool calls whole in one chunk and, in streams,
+//!   `finish_reason: stop` even after tool calls; no cached tokens.
+//! * AWS Bedrock (`bedrock.rs`): `POST /model/{modelId}/converse` and `/converse-stream`
+//!   (modelId percent-decoded), `GET /async-invoke` (an empty list: the gateway's probe).
+//!   Auth by shape only: `authorization` `AWS4-HMAC-SHA256 Credential=AKID/YYYYMMDD/region/
+//!   bedrock/aws4_request, SignedHeaders=…host…x-amz-date…, Signature=<64 hex>` plus an
+//!   `x-amz-date` of the same day (or a Bedrock API key as `Bearer`); otherwise 403 with
+//!   `x-amzn-ErrorType` `UnrecognizedClientException` (no/other auth),
+//!   `IncompleteSignatureException` (no date, missing parts) or `InvalidSignatureException`
+//!   (wrong service or day). Converse validation (`ValidationException`, Bedrock's wording):
+//!   roles alternate starting with user, no empty content or blank text, `toolConfig`
+//!   whenever tool blocks exist, each `toolUse` answered by a `toolResult` in the next turn,
+//!   tool names `[a-zA-Z0-9_-]{1,64}`, `inferenceConfig` ranges. Answers `output.message`
+//!   (`text` / `toolUse` with `tooluse_…` ids), `stopReason`, `usage` (`inputTokens` without
+//!   cache, `totalTokens` with it; cache fields when the request has `cachePoint`s), keys in
+//!   AWS's alphabetical order. ConverseStream is binary `application/vnd.amazon.eventstream`
+//!   (`eventstream.rs`, CRC-checked frames, headers `:event-type`, `:content-type`,
+//!   `:message-type`; payloads padded with `p`): `messageStart`, `contentBlockStart` (tool
+//!   use only), `contentBlockDelta` (text / `toolUse.input` fragments), `contentBlockStop`,
+//!   `messageStop`, `metadata` (usage, after `messageStop`). Always parallel tool calls.
 //! * `Flavor::All` serves all of them; `GET /v1/models` then answers in Anthropic shape when the
-//!   request carries `x-api-key` or `anthropic-version`, else in OpenAI shape.
+//!   request carries `x-api-key` or `anthropic-version`, else in OpenAI shape. The single
+//!   flavors `mistral`, `deepseek` and `qwen` also serve the provider's own unprefixed paths
+//!   (`/v1/chat/completions`, `/chat/completions`, `/compatible-mode/v1/...`); `azure` and
+//!   `bedrock` serve their paths; `openai` also serves `/compat/v1`.
 //! * `GET /_mock/requests` → `{"requests":[{method,path,model,body_bytes,stream,headers}]}` (last
-//!   256, newest last; credentials shown as `"present"`, also `?key=`); `POST /_mock/reset`
-//!   clears that log and the prompt-cache memory.
+//!   256, newest last; credentials (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`,
+//!   `x-amz-security-token`) shown as `"present"`, also `?key=`; `model` is the Azure
+//!   deployment or Bedrock model id when it is in the path); `POST /_mock/reset` clears that
+//!   log and the prompt-cache memory.
 //! * Anything else → 404 in the provider's error shape.
 //!
 //! # Deterministic behaviour
@@ -38,7 +96,9 @@
 //!   argument chars / 4).
 //! * Prompt caching: OpenAI/Gemini remember (bounded, 4096 entries) a hash of each request's
 //!   prefix (all messages but the last, per model); a repeated prefix of ≥ 1024 tokens reports
-//!   `floor(prefix/128)*128` cached tokens. Anthropic caches only at `cache_control` breakpoints
+//!   `floor(prefix/128)*128` cached tokens (Azure the same; Mistral and DeepSeek from 64 tokens
+//!   in 64-token units, Qwen from 256 in 64-token units, the local server never). Bedrock
+//!   caches at `cachePoint` blocks like Anthropic at its breakpoints. Anthropic caches only at `cache_control` breakpoints
 //!   (blocks or top-level) of ≥ 1024 tokens: the longest previously seen breakpoint prefix is
 //!   read, the rest up to the last breakpoint is written; `input_tokens` excludes both.
 //! * Streams: OpenAI role chunk, 4–8-char content pieces or tool-call deltas (first with id/name
@@ -61,7 +121,20 @@
 //! HTML body, like a broken proxy in front of the provider), `long_latency=MS` (replaces
 //! `latency` when the request body is over 16 KiB: a model slow on long prompts), `blocked`
 //! (Gemini: a safety-blocked prompt, HTTP 200 with `promptFeedback.blockReason`), `echo_key`
-//! (OpenAI: a 401 that echoes the bearer key, as OpenAI's own message does). Unknown
+//! (OpenAI: a 401 that echoes the bearer key, as OpenAI's own message does),
+//! `content_filter` (Azure: the prompt is filtered, HTTP 400 `code: content_filter` with
+//! `innererror.code: ResponsibleAIPolicyViolation`), `data_inspection` (Qwen: HTTP 400
+//! `data_inspection_failed`), `keep_alive=N` (DeepSeek: N `: keep-alive` comments before a
+//! stream, default 1; N blank lines before a JSON body, default 0), `exception=NAME` (Bedrock:
+//! the ConverseStream breaks after its first block event with an exception frame, e.g.
+//! `throttlingException`, `modelStreamErrorException`), `no_done` (local server: the stream
+//! ends without `data: [DONE]`). Error shapes per provider: Mistral `{"object":"error",...}`
+//! (401 `{"message":"Unauthorized"}`), DeepSeek's envelope (402 `Insufficient Balance`), Qwen's
+//! envelope with `request_id` (403 `Arrearage`, 429 `limit_requests`), Azure's
+//! `{"error":{"code","message"}}` (429 with `retry-after-ms`), Bedrock `{"message"}` with
+//! `x-amzn-ErrorType` (429 `ThrottlingException`, 500 `InternalServerException`, 503
+//! `ServiceUnavailableException`, 408/424 model exceptions); `fail_rate` uses 503 as the
+//! "overloaded" status for all of them. Unknown
 //! directives are ignored; `status=N` also works on OpenAI `GET /v1/models/{id}` so health
 //! probes can be failed. `MockOptions::latency_ms` applies to every response and `chunk_delay_ms` to every
 //! stream unless a directive overrides them; `fail_rate` answers that fraction of chat requests
@@ -69,7 +142,10 @@
 //! always with `fail_status` when that is set.
 
 mod anthropic;
+mod bedrock;
 mod behavior;
+mod dialects;
+mod eventstream;
 mod gemini;
 mod http;
 mod openai;
@@ -77,6 +153,7 @@ mod openai;
 mod tests;
 
 use behavior::{Directives, PrefixCache};
+use dialects::Dialect;
 use http::{Body, Request, Response};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
@@ -92,6 +169,16 @@ pub enum Flavor {
     Anthropic,
     /// Google Gemini (Generative Language v1beta).
     Gemini,
+    /// Mistral La Plateforme (`/v1/chat/completions`, also under `/mistral`).
+    Mistral,
+    /// DeepSeek (`/chat/completions`, `/v1/chat/completions`, also under `/deepseek`).
+    Deepseek,
+    /// Qwen on DashScope compatible mode (`/compatible-mode/v1/…`, also under `/qwen`).
+    Qwen,
+    /// Azure OpenAI (`/openai/deployments/{deployment}/chat/completions`, `/openai/v1/…`).
+    Azure,
+    /// AWS Bedrock runtime (`/model/{id}/converse`, `/converse-stream`, `/async-invoke`).
+    Bedrock,
     /// Every endpoint above on one port.
     All,
 }
@@ -105,9 +192,14 @@ impl std::str::FromStr for Flavor {
             "openai" => Ok(Flavor::Openai),
             "anthropic" => Ok(Flavor::Anthropic),
             "gemini" => Ok(Flavor::Gemini),
+            "mistral" => Ok(Flavor::Mistral),
+            "deepseek" => Ok(Flavor::Deepseek),
+            "qwen" => Ok(Flavor::Qwen),
+            "azure" | "azure_openai" => Ok(Flavor::Azure),
+            "bedrock" => Ok(Flavor::Bedrock),
             "all" => Ok(Flavor::All),
             _ => Err(format!(
-                "unknown mock flavor {s:?} (expected openai, anthropic, gemini or all)"
+                "unknown mock flavor {s:?} (expected openai, anthropic, gemini, mistral, deepseek, qwen, azure, bedrock or all)"
             )),
         }
     }
@@ -196,22 +288,133 @@ enum Route {
     OpenaiModels(Option<String>),
     AnthropicMessages,
     AnthropicModels(Option<String>),
-    GeminiGenerate { model: String, stream: bool },
+    GeminiGenerate {
+        model: String,
+        stream: bool,
+    },
     GeminiModels(Option<String>),
+    /// A dialect's chat endpoint; `deployment` is Azure's classic URL segment.
+    DialectChat {
+        dialect: Dialect,
+        deployment: Option<String>,
+    },
+    /// A dialect's model list (Azure classic: `/openai/models?api-version=`).
+    DialectModels {
+        dialect: Dialect,
+        classic_azure: bool,
+    },
+    DialectNotFound(Dialect),
+    BedrockConverse {
+        model: String,
+        stream: bool,
+    },
+    BedrockAsyncInvoke,
     NotFound(Flavor),
 }
 
 /// The flavor whose error shape fits a request nobody routes (or that fails HTTP parsing).
 pub(crate) fn guess_flavor(configured: Flavor, path: &str, anthropic_headers: bool) -> Flavor {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
     match configured {
         Flavor::All if path.starts_with("/v1beta") => Flavor::Gemini,
+        Flavor::All if under("/mistral") => Flavor::Mistral,
+        Flavor::All if under("/deepseek") => Flavor::Deepseek,
+        Flavor::All if under("/qwen") => Flavor::Qwen,
+        Flavor::All if under("/openai") => Flavor::Azure,
+        Flavor::All if under("/model") || under("/async-invoke") => Flavor::Bedrock,
         Flavor::All if anthropic_headers => Flavor::Anthropic,
         Flavor::All => Flavor::Openai,
         f => f,
     }
 }
 
+/// Routes of the dialects and Bedrock; `None` leaves the request to the classic flavors.
+fn dialect_route(flavor: Flavor, req: &Request) -> Option<Route> {
+    let path = req.path();
+    let (get, post) = (req.method == "GET", req.method == "POST");
+    if matches!(flavor, Flavor::All | Flavor::Azure) {
+        if let Some(rest) = path.strip_prefix("/openai/") {
+            let deployment = rest
+                .strip_prefix("deployments/")
+                .and_then(|r| r.strip_suffix("/chat/completions"))
+                .filter(|d| !d.is_empty() && !d.contains('/'));
+            let dialect = Dialect::Azure;
+            return Some(match (rest, deployment) {
+                (_, Some(d)) if post => Route::DialectChat {
+                    dialect,
+                    deployment: Some(percent_decode(d)),
+                },
+                ("v1/chat/completions", _) if post => Route::DialectChat {
+                    dialect,
+                    deployment: None,
+                },
+                ("models" | "v1/models", _) if get => Route::DialectModels {
+                    dialect,
+                    classic_azure: rest == "models",
+                },
+                _ => Route::DialectNotFound(dialect),
+            });
+        }
+    }
+    if matches!(flavor, Flavor::All | Flavor::Bedrock) {
+        if let Some(rest) = path.strip_prefix("/model/") {
+            let converse = |model: &str, stream| {
+                let model = percent_decode(model);
+                Route::BedrockConverse { model, stream }
+            };
+            return Some(match rest.rsplit_once('/') {
+                Some((m, "converse")) if post && !m.is_empty() => converse(m, false),
+                Some((m, "converse-stream")) if post && !m.is_empty() => converse(m, true),
+                _ => Route::NotFound(Flavor::Bedrock),
+            });
+        }
+        if path == "/async-invoke" && get {
+            return Some(Route::BedrockAsyncInvoke);
+        }
+    }
+    const PREFIXED: [(&str, Dialect, Flavor); 4] = [
+        ("/mistral", Dialect::Mistral, Flavor::Mistral),
+        ("/deepseek", Dialect::DeepSeek, Flavor::Deepseek),
+        ("/qwen", Dialect::Qwen, Flavor::Qwen),
+        ("/compat", Dialect::Compat, Flavor::Openai),
+    ];
+    let (dialect, rest) = match PREFIXED.iter().find(|(_, _, f)| *f == flavor) {
+        // A single-dialect flavor serves the provider's own paths, prefixed or not.
+        Some((prefix, d, _)) if *d != Dialect::Compat => {
+            (*d, path.strip_prefix(prefix).unwrap_or(path))
+        }
+        _ => {
+            let found = PREFIXED.iter().find(|(prefix, _, f)| {
+                (flavor == Flavor::All || flavor == *f)
+                    && path
+                        .strip_prefix(prefix)
+                        .is_some_and(|r| r.starts_with('/'))
+            })?;
+            (found.1, &path[found.0.len()..])
+        }
+    };
+    let base = match dialect {
+        Dialect::DeepSeek => rest.strip_prefix("/v1").unwrap_or(rest),
+        Dialect::Qwen => rest.strip_prefix("/compatible-mode/v1").unwrap_or("-"),
+        _ => rest.strip_prefix("/v1").unwrap_or("-"),
+    };
+    Some(match base {
+        "/chat/completions" if post => Route::DialectChat {
+            dialect,
+            deployment: None,
+        },
+        "/models" if get => Route::DialectModels {
+            dialect,
+            classic_azure: false,
+        },
+        _ => Route::DialectNotFound(dialect),
+    })
+}
+
 fn route(flavor: Flavor, req: &Request) -> Route {
+    if let Some(r) = dialect_route(flavor, req) {
+        return r;
+    }
     let path = req.path();
     let (get, post) = (req.method == "GET", req.method == "POST");
     let anthropic_hdr =
@@ -273,7 +476,16 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
     let route = route(state.opts.flavor, req);
     let field = |key: &str| body.as_ref().and_then(|b| b.get(key));
     let (model, stream) = match &route {
-        Route::GeminiGenerate { model, stream } => (Some(model.as_str()), *stream),
+        Route::GeminiGenerate { model, stream } | Route::BedrockConverse { model, stream } => {
+            (Some(model.as_str()), *stream)
+        }
+        Route::DialectChat {
+            deployment: Some(d),
+            ..
+        } => (
+            Some(d.as_str()),
+            field("stream") == Some(&Value::Bool(true)),
+        ),
         _ => (
             field("model").and_then(Value::as_str),
             field("stream") == Some(&Value::Bool(true)),
@@ -289,16 +501,46 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
             gemini::generate(state, req, body.as_ref(), &model, stream)
         }
         Route::GeminiModels(id) => gemini::models(req, id.as_deref()),
+        Route::DialectChat {
+            dialect,
+            deployment,
+        } => dialects::chat(state, req, body.as_ref(), dialect, deployment.as_deref()),
+        Route::DialectModels {
+            dialect,
+            classic_azure,
+        } => dialects::models(req, dialect, classic_azure),
+        Route::DialectNotFound(d) => dialects::not_found(d, req),
+        Route::BedrockConverse { model, stream } => {
+            bedrock::converse(state, req, body.as_ref(), &model, stream)
+        }
+        Route::BedrockAsyncInvoke => bedrock::async_invoke(req),
         Route::NotFound(f) => not_found(f, req),
     };
     resp.latency_ms.get_or_insert(state.opts.latency_ms);
     resp
 }
 
+/// The dialect a flavor stands for, if it is one.
+fn flavor_dialect(flavor: Flavor) -> Option<Dialect> {
+    match flavor {
+        Flavor::Mistral => Some(Dialect::Mistral),
+        Flavor::Deepseek => Some(Dialect::DeepSeek),
+        Flavor::Qwen => Some(Dialect::Qwen),
+        Flavor::Azure => Some(Dialect::Azure),
+        _ => None,
+    }
+}
+
 fn not_found(flavor: Flavor, req: &Request) -> Response {
+    if let Some(d) = flavor_dialect(flavor) {
+        return dialects::not_found(d, req);
+    }
     match flavor {
         Flavor::Anthropic => anthropic::error_body(404, "not_found_error", "Not Found"),
         Flavor::Gemini => gemini::error_body(404, "NOT_FOUND", "Method not found.", None),
+        Flavor::Bedrock => {
+            bedrock::error_body(404, "UnknownOperationException", "Unknown operation.")
+        }
         _ => {
             let msg = format!("Invalid URL ({} {})", req.method, req.path());
             openai::error_body(404, &msg, "invalid_request_error", "", "")
@@ -308,7 +550,11 @@ fn not_found(flavor: Flavor, req: &Request) -> Response {
 
 /// The error an HTTP-level failure (bad framing, body too large) gets, in a provider's shape.
 pub(crate) fn http_error(flavor: Flavor, status: u16, message: &str) -> Response {
+    if let Some(d) = flavor_dialect(flavor) {
+        return dialects::http_error(d, status, message);
+    }
     match flavor {
+        Flavor::Bedrock => bedrock::error_body(status, "ValidationException", message),
         Flavor::Anthropic if status == 413 => {
             anthropic::error_body(413, "request_too_large", message)
         }
@@ -332,17 +578,30 @@ pub(crate) fn respond(
         Flavor::Gemini => gemini::error(status, model, d.retry_after),
         _ => openai::error(status, model, d.retry_after),
     };
+    let overloaded = if flavor == Flavor::Anthropic {
+        529
+    } else {
+        503
+    };
+    respond_with(state, d, stream, error, overloaded, build)
+}
+
+/// [`respond`] with the provider's error builder given directly (dialects, Bedrock);
+/// `overloaded` is the provider's "try later" status `fail_rate` may answer with.
+pub(crate) fn respond_with(
+    state: &State,
+    d: &Directives,
+    stream: bool,
+    error: impl Fn(u16) -> Response,
+    overloaded: u16,
+    build: impl FnOnce() -> Response,
+) -> Response {
     let opts = &state.opts;
     let mut resp = if d.hang {
         Response::new(200, Body::Hang)
     } else if let Some(status) = d.status {
         error(status)
     } else if opts.fail_rate > 0.0 && fastrand::f64() < opts.fail_rate {
-        let overloaded = if flavor == Flavor::Anthropic {
-            529
-        } else {
-            503
-        };
         error(
             opts.fail_status
                 .unwrap_or([429, 500, overloaded][fastrand::usize(..3)]),
@@ -395,7 +654,9 @@ impl LogEntry {
 
 fn record(state: &State, req: &Request, model: Option<&str>, stream: bool) {
     let redact = |(name, value): &(String, String)| match name.as_str() {
-        "authorization" | "x-api-key" | "x-goog-api-key" => (name.clone(), "present".into()),
+        "authorization" | "x-api-key" | "x-goog-api-key" | "api-key" | "x-amz-security-token" => {
+            (name.clone(), "present".into())
+        }
         _ => (name.clone(), value.clone()),
     };
     let entry = LogEntry {

@@ -871,3 +871,6 @@ fn chunked_decoder_is_incremental() {
     );
     assert!(Chunked::default().feed(&mut b"zz\r\n".to_vec()).is_err());
 }
+
+mod bedrock;
+mod dialects;

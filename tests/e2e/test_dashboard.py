@@ -130,7 +130,7 @@ def test_history_shape(dash):
         d, _ = history(dash)
         return sum(v for v in d["total"]["requests"] if v) == 8 and len(d["t_ms"]) >= 3
 
-    assert wait_until(sampled, timeout=10)
+    assert wait_until(sampled, timeout=10), "no samples: is HistorySampler running (server.rs)?"
     d, _ = history(dash)
     assert d["interval_ms"] == 200 and d["slots"] == SLOTS
     t = d["t_ms"]

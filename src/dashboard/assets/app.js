@@ -32,7 +32,8 @@
   const badge = (text, cls) => h("span", { class: "b " + cls, text });
   const show = (id) => (msg, bad) => { const s = $(id); s.textContent = msg; s.className = bad ? "b bad" : ""; };
   const say = show("status"), note = show("note"); // polling state; the last action's result
-  const ms = (v) => v == null ? "—" : v >= 10000 ? (v / 1000).toFixed(1) + " s" : Math.round(v) + " ms";
+  const ms = (v) => v == null ? "—" : v >= 10000 ? (v / 1000).toFixed(1) + " s" : (v < 10 ? v.toFixed(1) : Math.round(v)) + " ms";
+  const span = (t) => t < 120000 ? Math.round(t / 1000) + " s" : Math.round(t / 60000) + " min";
   const usd = (v) => v == null ? "—" : v === 0 ? "$0" : "$" + (v >= 1 ? v.toFixed(2) : v.toPrecision(2));
   const pct = (v) => v == null ? "—" : (v * 100).toFixed(1) + "%";
   const clock = (t) => new Date(t).toLocaleTimeString();
@@ -115,7 +116,7 @@
     const reqs = (TOT.requests || []).reduce((a, v) => a + (v || 0), 0);
     $("summary").textContent = `${eps.length} endpoints · ${count((e) => e.breaker.state === "open")} open breakers · ` +
       `${count((e) => e.health === "unhealthy")} unhealthy · ${count((e) => e.drained)} drained · ` +
-      `spend today ${usd(spend)} · ${reqs} attempts in the last ${Math.round(T.length * interval / 60000)} min`;
+      `spend today ${usd(spend)} · ${reqs} attempts in the last ${span(T.length * interval)}`;
     renderOverview();
     renderEndpoints(eps);
     renderModels();
