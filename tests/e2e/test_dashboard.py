@@ -353,12 +353,14 @@ def test_dashboard_in_chromium_shows_breakers_plots_and_drains(chromium, dash):
         page.click("#confirm-ok")
         page.wait_for_function("() => document.getElementById('note').textContent === 'config reloaded'")
 
-        shot = tempfile.mktemp(prefix="llmux-dashboard-", suffix=".png")
+        # Kept as a test artifact (target/test-artifacts/dashboard.png).
+        artifacts = os.path.join(os.path.dirname(__file__), "..", "..", "target", "test-artifacts")
+        os.makedirs(artifacts, exist_ok=True)
+        shot = os.path.join(artifacts, "dashboard.png")
         page.screenshot(path=shot, full_page=True)
         width, height = png_size(shot)
         assert width >= 1400 and height >= 1000
         assert os.path.getsize(shot) > 30_000, "a rendered page, not a blank one"
-        os.unlink(shot)
 
         # The token went in headers only: never in a URL, and not stored unless asked.
         assert urls and not any(TOKEN in u for u in urls)
