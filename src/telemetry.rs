@@ -15,10 +15,15 @@ use std::time::SystemTime;
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// (model, provider, outcome) → client requests.
-    requests: Mutex<Vec<((String, String, String), u64)>>,
+    requests: Mutex<Vec<(RequestLabels, u64)>>,
     /// (provider, model, result) → upstream attempts.
-    attempts: Mutex<Vec<((String, String, &'static str), u64)>>,
+    attempts: Mutex<Vec<(AttemptLabels, u64)>>,
 }
+
+/// `llmux_requests_total` labels: model alias, provider, outcome.
+type RequestLabels = (String, String, String);
+/// `llmux_attempts_total` labels: provider, model, result.
+type AttemptLabels = (String, String, &'static str);
 
 impl Metrics {
     /// Counts one client request: `outcome` is `success` or the error code.

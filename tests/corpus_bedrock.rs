@@ -1048,7 +1048,7 @@ fn build_messages(segs: &[Seg]) -> Vec<Value> {
                     })
                     .collect();
                 out.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
-                let tool = |id: &String| json!({"role": "tool", "tool_call_id": id, "content": if id.len() % 2 == 0 { json!("result") } else { json!("") }});
+                let tool = |id: &String| json!({"role": "tool", "tool_call_id": id, "content": if id.len().is_multiple_of(2) { json!("result") } else { json!("") }});
                 match results {
                     0..=14 => out.extend(ids.iter().map(tool)),
                     15..=17 => out.extend(ids.iter().rev().map(tool)),

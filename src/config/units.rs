@@ -99,7 +99,7 @@ impl fmt::Display for Dur {
 impl fmt::Display for ByteSize {
     /// The largest unit that divides the count exactly, binary first: `20MiB`, `1GB`, `1001B`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let exact = |&(_, per): &(&str, u64)| self.0 >= per && self.0 % per == 0;
+        let exact = |&(_, per): &(&str, u64)| self.0 >= per && self.0.is_multiple_of(per);
         let (unit, per) = BYTE_UNITS.into_iter().find(exact).unwrap_or(("B", 1));
         write!(f, "{}{unit}", self.0 / per)
     }

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -43,18 +44,27 @@ def run(args, timeout, check=True, **kw):
     return out
 
 
-@pytest.fixture(scope="module")
-def docker():
+def docker_problem():
+    """None when a Docker daemon answers, else what is wrong."""
     exe = shutil.which("docker")
     if not exe:
-        pytest.fail(f"docker is not installed: {INSTALL}")
+        return "docker is not installed"
     try:
         info = subprocess.run([exe, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"`docker info` did not answer in 30s: {INSTALL}")
+        return "`docker info` did not answer in 30s"
     if info.returncode != 0 or not info.stdout.strip():
-        pytest.fail(f"dockerd is not running ({info.stderr.strip()}): {INSTALL}")
-    return exe
+        return f"dockerd is not running ({info.stderr.strip()})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def docker():
+    """The docker CLI; without a running daemon each test FAILS (in its body, not skipped)."""
+    problem = docker_problem()
+    if problem:
+        pytest.fail(f"{problem}: {INSTALL}")
+    return shutil.which("docker")
 
 
 def build_command() -> str:
@@ -79,14 +89,30 @@ def image(docker, tmp_path_factory):
     tag = f"llmux-test:{uuid.uuid4().hex[:12]}"
     log = tmp_path_factory.mktemp("image") / "build.log"
     started = time.monotonic()
-    env = dict(os.environ, IMAGE=tag)
-    # The outer `cargo test` may pass its own RUSTFLAGS-free env; the command sets its own.
-    env.pop("CARGO_TARGET_DIR", None)
-    try:
-        with open(log, "w") as f:
-            code = subprocess.run(["bash", "-c", build_command()], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT).returncode
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the image build took over {BUILD_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+    # The command as a user runs it from a shell: without the variables `cargo test` sets for
+    # its test processes (ring's build script tracks CARGO_MANIFEST_DIR, so keeping them
+    # would rebuild everything the next time the command runs from a shell, and back).
+    injected = ("CARGO", "CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "CARGO_TARGET_DIR", "CARGO_ENCODED_RUSTFLAGS",
+                "RUSTFLAGS", "RUST_RECURSION_COUNT")
+    env = {k: v for k, v in os.environ.items()
+           if k not in injected and not k.startswith(("CARGO_PKG_", "CARGO_BIN_EXE_"))}
+    # `cargo test` also puts its own library folders in front of LD_LIBRARY_PATH.
+    paths = [p for p in env.get("LD_LIBRARY_PATH", "").split(":")
+             if p and not p.startswith(str(ROOT / "target")) and "/toolchains/" not in p]
+    env.pop("LD_LIBRARY_PATH", None)
+    if paths:
+        env["LD_LIBRARY_PATH"] = ":".join(paths)
+    env["IMAGE"] = tag
+    with open(log, "w") as f:
+        build = subprocess.Popen(["bash", "-c", build_command()], cwd=ROOT, env=env, stdout=f,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = build.wait(timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGKILL)  # cargo, rustc and docker with it
+            build.wait()
+            pytest.fail(f"the image build took over {BUILD_TIMEOUT}s:\n{log.read_text()[-3000:]}")
     text = log.read_text()
     print(f"static build + docker build: {time.monotonic() - started:.0f}s")
     try:
@@ -96,7 +122,8 @@ def image(docker, tmp_path_factory):
         subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=120)
 
 
-def test_static_binary_and_a_minimal_image(docker, image, tmp_path):
+def test_static_binary_and_a_minimal_image(request, tmp_path):
+    docker, image = request.getfixturevalue("docker"), request.getfixturevalue("image")
     assert is_static_elf(STATIC_BIN), "the release binary needs no dynamic loader"
     out = run([str(STATIC_BIN), "--version"], 10)
     assert out.stdout.startswith("llmux ")
@@ -169,7 +196,8 @@ class TinyDns:
         self.sock.close()
 
 
-def test_image_serves_the_openai_sdk_read_only_as_uid_65532(docker, image, tmp_path):
+def test_image_serves_the_openai_sdk_read_only_as_uid_65532(request, tmp_path):
+    docker, image = request.getfixturevalue("docker"), request.getfixturevalue("image")
     mock = Mock("--flavor", "openai")
     dns = TinyDns()
     port, admin = free_port(), free_port()
