@@ -74,6 +74,13 @@ impl Admin {
             {
                 return Ok((200, content_type, Bytes::from_static(body)));
             }
+            // Whether the page must ask for a token before its first call (so it never
+            // polls into a 401). Says nothing about the token itself.
+            if session.req_header().uri.path() == "/dashboard/auth" {
+                let required = table.admin_token.is_some();
+                let body = json!({ "token_required": required }).to_string();
+                return Ok((200, "application/json", Bytes::from(body)));
+            }
         }
         if let Some(token) = table.admin_token.as_deref() {
             let given = session

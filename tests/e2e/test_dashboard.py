@@ -283,6 +283,8 @@ def page_of(chromium, g):
     urls, errors = [], []
     page.on("request", lambda r: urls.append(r.url))
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # Console errors count too (a failed fetch, a blocked asset).
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(f"http://127.0.0.1:{g.admin_port}/dashboard")
     try:
         yield page, urls, errors
@@ -367,6 +369,9 @@ def test_dashboard_in_chromium_shows_breakers_plots_and_drains(chromium, dash):
         assert TOKEN not in page.url
         assert page.evaluate("sessionStorage.length") == 0
         assert errors == []
+        # Works offline: no request leaves the admin listener on 127.0.0.1.
+        origin = f"http://127.0.0.1:{dash.admin_port}/"
+        assert all(u.startswith(origin) for u in urls), [u for u in urls if not u.startswith(origin)]
 
         # Undrain from the page puts it back.
         good.locator("button.undrain").click()

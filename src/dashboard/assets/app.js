@@ -297,5 +297,12 @@
   let resizing = 0;
   window.addEventListener("resize", () => { clearTimeout(resizing); resizing = setTimeout(render, 150); });
   if (token) { $("token").value = token; $("remember").checked = true; }
-  poll();
+  // Ask first whether a token is needed, so the page never polls into a 401.
+  fetch("/dashboard/auth", { cache: "no-store", credentials: "omit" })
+    .then((r) => r.json())
+    .then((a) => {
+      if (a.token_required && !token) say("admin token required: type it above", true);
+      else poll();
+    })
+    .catch(() => poll());
 })();
