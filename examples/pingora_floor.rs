@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Per `POST /v1/chat/completions`, like llmux:
-//! * one thread, `work_stealing: false` (the fastest Pingora setting on one core);
+//! * one thread, `work_stealing: false` (the fastest Pingora setting on one core;
+//!   `--work-stealing` switches to Pingora's default for comparison);
 //! * the body is read in `request_filter`, parsed once into a `serde_json::Value`, the model
 //!   replaced, serialised again;
 //! * the upstream is called through Pingora's pooled `Connector` (keep-alive pool);
@@ -151,7 +152,8 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pingora_floor --listen ADDR --upstream IP:PORT [--model NAME]";
+    let usage =
+        "usage: pingora_floor --listen ADDR --upstream IP:PORT [--model NAME] [--work-stealing]";
     let (Some(listen), Some(upstream)) = (arg(&args, "--listen"), arg(&args, "--upstream")) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -161,10 +163,13 @@ fn main() {
         std::process::exit(2);
     });
     let model = arg(&args, "--model").unwrap_or_else(|| "gpt-4o-mini".to_owned());
+    // `--work-stealing` runs Pingora's default runtime (what llmux runs today), to measure
+    // what `work_stealing: false` buys.
+    let work_stealing = args.iter().any(|a| a == "--work-stealing");
 
     let conf = ServerConf {
         threads: 1,
-        work_stealing: false,
+        work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

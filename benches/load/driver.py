@@ -256,10 +256,15 @@ def tail(path, n=30):
         return ""
 
 
-def cpu_seconds(pid):
+def cpu_times(pid):
+    """(user, system) CPU seconds of the whole process, all threads."""
     s = Path(f"/proc/{pid}/stat").read_text()
     rest = s[s.rindex(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # utime + stime, all threads
+    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK  # utime, stime
+
+
+def cpu_seconds(pid):
+    return sum(cpu_times(pid))
 
 
 def status_kib(pid, key):
@@ -346,9 +351,10 @@ class Bench:
     def point(self, port, pid, ns, c, seconds=None):
         """One wrk run; CPU and requests of the process `pid` over it."""
         body_f = self.body_file(f"{port}-{c}", ns["body"])
-        cpu0 = cpu_seconds(pid)
+        u0, s0 = cpu_times(pid)
         w = self.wrk(port, c, seconds or self.a.duration, body_f, ns["path"], ns["headers"])
-        cpu = cpu_seconds(pid) - cpu0
+        u1, s1 = cpu_times(pid)
+        cpu = (u1 - u0) + (s1 - s0)
         n = w["requests"]
         secs = w["duration_us"] / 1e6
         return {
@@ -358,6 +364,7 @@ class Bench:
             "p99_ms": w["latency_us"]["p99"] / 1000.0,
             "cpu_ms_per_req": cpu * 1000.0 / n if n else None,
             "cpu_util": cpu / secs if secs else None,
+            "cpu_sys_share": (s1 - s0) / cpu if cpu else None,
             "requests": n,
             "errors": w["errors"],
             "bytes_per_resp": w["bytes"] / n if n else 0,
@@ -647,6 +654,10 @@ def main_run(a):
         signal.signal(s, on_signal)
 
     info = machine_info()
+    info["binaries"] = {
+        str(b): datetime.datetime.fromtimestamp(b.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        for b in (bin_llmux, bin_floor)
+    }
     info["load_before"] = loadavg()
     info["settings"] = {
         "duration_s": a.duration,
@@ -671,7 +682,7 @@ def main_run(a):
         wait_ready(mock, mock_port, "/_mock/requests", t0, mlog)
         bench = Bench(a, kids, work)
 
-        def start(name, extra_env=None, cpus=None):
+        def start(name, extra_env=None, cpus=None, extra_args=()):
             """Starts a proxy on the proxy CPU; returns (proc, port, ready_ms)."""
             port = free_port()
             plog = work / f"{name}.log"
@@ -690,7 +701,7 @@ def main_run(a):
             else:
                 raise ValueError(name)
             t0 = time.perf_counter()
-            p = kids.spawn(argv, cpus or a.proxy_cpu, plog, env=env)
+            p = kids.spawn(argv + list(extra_args), cpus or a.proxy_cpu, plog, env=env)
             ready = wait_ready(p, port, "/readyz", t0, plog)
             return p, port, ready
 
@@ -736,6 +747,11 @@ def main_run(a):
                                check=True, capture_output=True)
                 procs["llmux-t2"] = (p, port)
                 variants.append("llmux-t2")
+        if "floor" in targets and not a.skip_variants:
+            # The floor on Pingora's default runtime (work stealing), as llmux runs today.
+            p, port, _ = start("floor", extra_args=["--work-stealing"])
+            procs["floor-ws"] = (p, port)
+            variants.append("floor-ws")
         time.sleep(0.5)
         for name, (p, _) in procs.items():
             if name != "direct":
@@ -748,7 +764,7 @@ def main_run(a):
         # (target, path key, non-stream spec, stream spec or None)
         combos = []
         for name in targets + variants:
-            base = "llmux" if name.startswith("llmux") else name
+            base = name.split("-")[0]
             sc = scenarios_for("direct", None) if name == "direct" else scenarios_for(base, model_of[base])
             if name in variants:
                 sc = [(k, ns, None) for k, ns, _ in sc if k == "openai"]
@@ -841,6 +857,8 @@ def profile_run(a):
             model = f"bench-{a.path}"
         else:
             argv = [bin_floor, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{mock_port}"]
+            if a.work_stealing:
+                argv.append("--work-stealing")
             model = "gpt-4o-mini"
         vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
               "--dump-instr=no", "--compress-strings=no"]
@@ -875,7 +893,9 @@ def profile_run(a):
                           capture_output=True, text=True).stdout
     (work / "self.txt").write_text(ann)
     (work / "inclusive.txt").write_text(incl)
-    label = f"{a.target} {PATH_LABEL[a.path] if a.target == 'llmux' else 'OpenAI→OpenAI'} {'stream' if a.stream else 'non-stream'}"
+    label = (f"{a.target}{' --work-stealing' if a.target == 'floor' and a.work_stealing else ''} "
+             f"{PATH_LABEL[a.path] if a.target == 'llmux' else 'OpenAI→OpenAI'} {'stream' if a.stream else 'non-stream'}"
+             f"{', RUST_LOG=' + a.rust_log if a.rust_log else ''}")
     print(f"## callgrind: {label}, {a.requests} requests (after {a.warmup} warm-up)")
     print(f"instructions per request: {total / a.requests:,.0f}  (total {total:,})")
     print(f"files: {out}, {work}/self.txt, {work}/inclusive.txt")
@@ -920,7 +940,8 @@ def render(res):
     w(f"Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}; load average before "
       f"{' '.join(m['load_before'])}, after {' '.join(m.get('load_after', ['?']))}.  ")
     s = m["settings"]
-    w(f"llmux {m['git']}; {m['nginx']}; {m['wrk']}; {m['rustc']}.  ")
+    built = ", ".join(f"`{Path(b).name}` built {t}" for b, t in m.get("binaries", {}).items())
+    w(f"Work tree {m['git']} ({built}); {m['nginx']}; {m['wrk']}; {m['rustc']}.  ")
     w(f"Proxy on CPU {s['proxy_cpu']}; mock, wrk and the stream client on CPU {s['load_cpu']}. "
       f"wrk -t1, {s['duration_s']} s per point; streams: sequential client, {s['stream_seconds']} s per path, "
       f"mock --chunk-delay-ms {s['mock_chunk_delay_ms']}. floor and nginx only pass OpenAI through, so every "
@@ -960,13 +981,14 @@ def render(res):
     w("")
     w("### Proxy CPU per request (ms, non-stream)")
     w("")
-    w("| path | c | nginx | floor | llmux | llmux/floor | llmux/nginx |")
-    w("|---|---|---|---|---|---|---|")
+    w("| path | c | nginx | floor | llmux | llmux/floor | llmux/nginx | kernel share floor / llmux |")
+    w("|---|---|---|---|---|---|---|---|")
     for key in PATHS:
         for c in concs:
-            g = lambda p: p.get("cpu_ms_per_req") if p else None
+            g = lambda p, k="cpu_ms_per_req": p.get(k) if p else None
             n, f, l = g(pt("nginx", "openai", c)), g(pt("floor", "openai", c)), g(pt("llmux", key, c))
-            w(f"| {PATH_LABEL[key]} | {c} | {fmt(n, 4)} | {fmt(f, 4)} | {fmt(l, 4)} | {fmt(ratio(l, f), 2)} | {fmt(ratio(l, n), 2)} |")
+            ks = f"{pct(g(pt('floor', 'openai', c), 'cpu_sys_share'))} / {pct(g(pt('llmux', key, c), 'cpu_sys_share'))}"
+            w(f"| {PATH_LABEL[key]} | {c} | {fmt(n, 4)} | {fmt(f, 4)} | {fmt(l, 4)} | {fmt(ratio(l, f), 2)} | {fmt(ratio(l, n), 2)} | {ks} |")
     w("")
     w("### Streams (one client, sequential): added over direct, ms")
     w("")
@@ -1011,7 +1033,8 @@ def render(res):
     row("OS threads", lambda t: T[t]["threads"] if t in T else None, 0)
     if res["variants"]:
         names = {"llmux-warn": "llmux, RUST_LOG=warn (no access log)",
-                 "llmux-t2": "llmux, threads=2 on the one core"}
+                 "llmux-t2": "llmux, threads=2 on the one core",
+                 "floor-ws": "floor with work_stealing: true (llmux's runtime today)"}
         w("")
         w("### Variants (OpenAI→OpenAI, non-stream)")
         w("")
@@ -1107,6 +1130,7 @@ def main():
     pr.add_argument("--target", choices=["llmux", "floor"], default="llmux")
     pr.add_argument("--path", choices=PATHS, default="openai")
     pr.add_argument("--stream", action="store_true")
+    pr.add_argument("--work-stealing", action="store_true", help="floor: Pingora's default runtime")
     pr.add_argument("--requests", type=int, default=2000)
     pr.add_argument("--warmup", type=int, default=200)
     pr.add_argument("--rust-log", default=None, help="RUST_LOG for llmux (default: its own, info)")
