@@ -1,10 +1,12 @@
 //! AWS Bedrock runtime: `POST /model/{modelId}/converse` (JSON) and `/converse-stream`
 //! (binary event-stream frames), plus `GET /async-invoke` (the gateway's free probe).
 //!
-//! Auth is checked for shape only (no signature verification): a SigV4 `authorization`
-//! (`AWS4-HMAC-SHA256 Credential=AKID/YYYYMMDD/region/bedrock/aws4_request,
-//! SignedHeaders=…;host;…;x-amz-date…, Signature=<hex>`) with an `x-amz-date` of the same
-//! day, or a Bedrock API key as `Bearer`. Requests are validated like Converse does (roles
+//! Auth is checked for shape: a SigV4 `authorization` (`AWS4-HMAC-SHA256
+//! Credential=AKID/YYYYMMDD/region/bedrock/aws4_request, SignedHeaders=…;host;…;x-amz-date…,
+//! Signature=<hex>`) with an `x-amz-date` of the same day, or a Bedrock API key as `Bearer`.
+//! Once credentials were registered (`POST /_mock/aws-credentials`), a SigV4 signature is also
+//! verified against them ([`super::sigv4`]): an unknown access key id or a wrong session token
+//! is `UnrecognizedClientException`, a wrong signature `InvalidSignatureException`. Requests are validated like Converse does (roles
 //! alternate starting with user, no blank text, `toolConfig` whenever tool blocks exist,
 //! every `toolUse` answered by a `toolResult` in the next turn, tool-name pattern,
 //! `inferenceConfig` ranges). Errors are `{"message"}` with `x-amzn-ErrorType`.
@@ -15,7 +17,7 @@ use super::behavior::{
 };
 use super::eventstream;
 use super::http::{Body, Request, Response};
-use super::{respond_with, State};
+use super::{lock, respond_with, sigv4, State};
 use serde_json::{json, Map, Value};
 
 const ERROR_NS: &str = "http://internal.amazon.com/coral/com.amazon.bedrock/";
@@ -86,8 +88,9 @@ fn invalid(message: &str) -> Response {
     error_body(400, "ValidationException", message)
 }
 
-/// `None` when the request carries a well-formed SigV4 signature (or a Bedrock API key).
-fn check_auth(req: &Request) -> Option<Response> {
+/// `None` when the request carries a well-formed SigV4 signature (or a Bedrock API key), and,
+/// when credentials were registered, one made with a registered credential.
+fn check_auth(state: &State, req: &Request) -> Option<Response> {
     let denied = |kind: &str, ns: &str, message: &str| Some(error_in(403, kind, ns, message));
     let auth = req.header("authorization").unwrap_or("");
     if auth
@@ -137,17 +140,41 @@ fn check_auth(req: &Request) -> Option<Response> {
     }
     let headers: Vec<&str> = signed.split(';').collect();
     let hex = signature.len() == 64 && signature.bytes().all(|b| b.is_ascii_hexdigit());
+    let mismatch = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
     if !headers.contains(&"host") || !headers.contains(&"x-amz-date") || !hex {
-        return invalid_sig(
-            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
-        );
+        return invalid_sig(mismatch.into());
     }
-    None
+    let known = lock(&state.aws_credentials);
+    if known.is_empty() {
+        return None;
+    }
+    let Some(parsed) = sigv4::parse_authorization(auth) else {
+        return incomplete(
+            "Credential should be of the form AKID/YYYYMMDD/region/service/aws4_request.",
+        );
+    };
+    let result = sigv4::verify(
+        known.get(parsed.access_key_id),
+        &parsed,
+        &req.method,
+        &req.target,
+        &req.headers,
+        &req.body,
+    );
+    match result {
+        Ok(()) => None,
+        Err(sigv4::Refusal::UnrecognizedClient) => denied(
+            "UnrecognizedClientException",
+            CORAL_NS,
+            "The security token included in the request is invalid.",
+        ),
+        Err(sigv4::Refusal::SignatureDoesNotMatch) => invalid_sig(mismatch.into()),
+    }
 }
 
 /// `GET /async-invoke` (ListAsyncInvokes): an empty list, once authorized.
-pub(crate) fn async_invoke(req: &Request) -> Response {
-    if let Some(denied) = check_auth(req) {
+pub(crate) fn async_invoke(state: &State, req: &Request) -> Response {
+    if let Some(denied) = check_auth(state, req) {
         return denied;
     }
     Response::json(200, &json!({ "asyncInvokeSummaries": [] }))
@@ -324,7 +351,7 @@ pub(crate) fn converse(
     raw_model: &str,
     stream: bool,
 ) -> Response {
-    if let Some(denied) = check_auth(req) {
+    if let Some(denied) = check_auth(state, req) {
         return denied;
     }
     let Some(body) = body.filter(|b| b.is_object()) else {

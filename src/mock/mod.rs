@@ -49,13 +49,17 @@
 //!   `finish_reason: stop` even after tool calls; no cached tokens.
 //! * AWS Bedrock (`bedrock.rs`): `POST /model/{modelId}/converse` and `/converse-stream`
 //!   (modelId percent-decoded), `GET /async-invoke` (an empty list: the gateway's probe).
-//!   Auth by shape only: `authorization` `AWS4-HMAC-SHA256 Credential=AKID/YYYYMMDD/region/
+//!   Auth by shape: `authorization` `AWS4-HMAC-SHA256 Credential=AKID/YYYYMMDD/region/
 //!   bedrock/aws4_request, SignedHeaders=…host…x-amz-date…, Signature=<64 hex>` plus an
 //!   `x-amz-date` of the same day (or a Bedrock API key as `Bearer`); otherwise 403 with
 //!   `x-amzn-ErrorType` `UnrecognizedClientException` (no/other auth),
 //!   `IncompleteSignatureException` (no date, missing parts) or `InvalidSignatureException`
-//!   (wrong service or day). Converse validation (`ValidationException`, Bedrock's wording):
-//!   roles alternate starting with user, no empty content or blank text, `toolConfig`
+//!   (wrong service or day). Once credentials were registered (`POST /_mock/aws-credentials`
+//!   `{"access_key_id","secret_access_key","session_token"?}`), SigV4 signatures are verified
+//!   (`sigv4.rs`): an unknown access key id or a wrong/missing session token is
+//!   `UnrecognizedClientException`, a signature that does not match
+//!   `InvalidSignatureException`. Converse validation (`ValidationException`, Bedrock's
+//!   wording): roles alternate starting with user, no empty content or blank text, `toolConfig`
 //!   whenever tool blocks exist, each `toolUse` answered by a `toolResult` in the next turn,
 //!   tool names `[a-zA-Z0-9_-]{1,64}`, `inferenceConfig` ranges. Answers `output.message`
 //!   (`text` / `toolUse` with `tooluse_…` ids), `stopReason`, `usage` (`inputTokens` without
@@ -73,8 +77,9 @@
 //! * `GET /_mock/requests` → `{"requests":[{method,path,model,body_bytes,stream,headers}]}` (last
 //!   256, newest last; credentials (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`,
 //!   `x-amz-security-token`) shown as `"present"`, also `?key=`; `model` is the Azure
-//!   deployment or Bedrock model id when it is in the path); `POST /_mock/reset` clears that
-//!   log and the prompt-cache memory.
+//!   deployment or Bedrock model id when it is in the path; `aws_access_key_id` names the
+//!   access key of a SigV4 signature); `POST /_mock/reset` clears that log and the
+//!   prompt-cache memory (registered AWS credentials stay).
 //! * Anything else → 404 in the provider's error shape.
 //!
 //! # Deterministic behaviour
@@ -149,6 +154,7 @@ mod eventstream;
 mod gemini;
 mod http;
 mod openai;
+mod sigv4;
 #[cfg(test)]
 mod tests;
 
@@ -156,7 +162,7 @@ use behavior::{Directives, PrefixCache};
 use dialects::Dialect;
 use http::{Body, Request, Response};
 use serde_json::{json, Map, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -245,6 +251,7 @@ pub async fn serve<F: Future<Output = ()> + Send>(
         opts,
         log: Mutex::new(VecDeque::new()),
         cache: Mutex::new(PrefixCache::default()),
+        aws_credentials: Mutex::new(HashMap::new()),
     });
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -273,6 +280,9 @@ pub(crate) struct State {
     pub(crate) opts: MockOptions,
     log: Mutex<VecDeque<LogEntry>>,
     pub(crate) cache: Mutex<PrefixCache>,
+    /// AWS credentials registered with `POST /_mock/aws-credentials`, by access key id; when
+    /// there are any, Bedrock verifies SigV4 signatures against them.
+    pub(crate) aws_credentials: Mutex<HashMap<String, sigv4::Known>>,
 }
 
 const LOG_CAPACITY: usize = 256;
@@ -462,6 +472,7 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
             let items: Vec<Value> = lock(&state.log).iter().map(LogEntry::to_json).collect();
             return Response::json(200, &json!({ "requests": items }));
         }
+        ("POST", "/_mock/aws-credentials") => return register_aws_credentials(state, req),
         ("POST", "/_mock/reset") => {
             lock(&state.log).clear();
             *lock(&state.cache) = PrefixCache::default();
@@ -513,7 +524,7 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
         Route::BedrockConverse { model, stream } => {
             bedrock::converse(state, req, body.as_ref(), &model, stream)
         }
-        Route::BedrockAsyncInvoke => bedrock::async_invoke(req),
+        Route::BedrockAsyncInvoke => bedrock::async_invoke(state, req),
         Route::NotFound(f) => not_found(f, req),
     };
     resp.latency_ms.get_or_insert(state.opts.latency_ms);
@@ -628,6 +639,31 @@ pub(crate) fn respond_with(
     resp
 }
 
+/// `POST /_mock/aws-credentials` `{"access_key_id", "secret_access_key", "session_token"?}`:
+/// Bedrock accepts SigV4 requests signed with these (and, from then on, only with registered
+/// credentials, verifying the signature).
+fn register_aws_credentials(state: &State, req: &Request) -> Response {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let (Some(id), Some(secret)) = (field("access_key_id"), field("secret_access_key")) else {
+        return Response::json(
+            400,
+            &json!({ "error": "expected {\"access_key_id\", \"secret_access_key\", \"session_token\"?}" }),
+        );
+    };
+    let known = sigv4::Known {
+        secret_access_key: secret.to_owned(),
+        session_token: field("session_token").map(str::to_owned),
+    };
+    let mut creds = lock(&state.aws_credentials);
+    creds.insert(id.to_owned(), known);
+    Response::json(200, &json!({ "registered": creds.len() }))
+}
+
 /// One `/_mock/requests` entry (already redacted), serialized only when someone asks.
 struct LogEntry {
     method: String,
@@ -636,6 +672,9 @@ struct LogEntry {
     body_bytes: usize,
     stream: bool,
     headers: Vec<(String, String)>,
+    /// The access key id of a SigV4 `authorization` (an identifier, not a secret: AWS logs it
+    /// too), so tests can tell which credentials signed a request.
+    aws_access_key_id: Option<String>,
 }
 
 impl LogEntry {
@@ -647,8 +686,12 @@ impl LogEntry {
                 _ => drop(headers.insert(name.clone(), value.as_str().into())),
             }
         }
-        json!({"method": self.method, "path": self.path, "model": self.model,
-               "body_bytes": self.body_bytes, "stream": self.stream, "headers": headers})
+        let mut entry = json!({"method": self.method, "path": self.path, "model": self.model,
+               "body_bytes": self.body_bytes, "stream": self.stream, "headers": headers});
+        if let Some(id) = &self.aws_access_key_id {
+            entry["aws_access_key_id"] = id.as_str().into();
+        }
+        entry
     }
 }
 
@@ -666,6 +709,10 @@ fn record(state: &State, req: &Request, model: Option<&str>, stream: bool) {
         body_bytes: req.body.len(),
         stream,
         headers: req.headers.iter().map(redact).collect(),
+        aws_access_key_id: req
+            .header("authorization")
+            .and_then(sigv4::parse_authorization)
+            .map(|a| a.access_key_id.to_owned()),
     };
     let mut log = lock(&state.log);
     if log.len() >= LOG_CAPACITY {

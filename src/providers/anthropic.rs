@@ -11,6 +11,9 @@
 //! (providers.md §2.7). Server-tool blocks (web search, code execution, MCP, ...) have no
 //! OpenAI equivalent: they are left out, the text around them is kept.
 //!
+//! The rules that are Claude's rather than the Messages API's (turn merging and tool pairing,
+//! thinking budgets, sampling limits) are shared with Bedrock in [`super::claude`].
+//!
 //! Choices worth knowing (each is also a doc comment where it is made):
 //! - `max_tokens` defaults to [`DEFAULT_MAX_TOKENS`] (plus the thinking budget when
 //!   reasoning is on); `temperature` is clamped to Anthropic's 0–1; `top_p` is dropped when
@@ -23,6 +26,7 @@
 //!   messages, so a continuation after tool results is sent without thinking, and
 //!   `redacted_thinking` blocks (encrypted, unreadable) are not surfaced.
 
+use super::claude::{self, Refuse, Role, Sampling, Turn};
 use super::openai_out::{self, ChunkWriter, CompletionOut, FinishReason, ToolCallOut};
 use super::sse::{self, SseFramer};
 use super::{Adapter, BaseUrl, StreamTranslator, TranslatedResponse, UpstreamRequest};
@@ -52,7 +56,6 @@ const HISTORY_TOOL: &str = "llmux_no_tools";
 /// (Anthropic requires the first turn to be the user's).
 pub const PLACEHOLDER_USER: &str = "(continue)";
 /// The smallest thinking budget Anthropic accepts.
-const MIN_THINKING_BUDGET: u64 = 1024;
 const IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 /// String formats Anthropic's structured-output grammar accepts.
 const SCHEMA_FORMATS: [&str; 10] = [
@@ -332,6 +335,18 @@ impl Ctx<'_> {
     }
 }
 
+impl Refuse for Ctx<'_> {
+    fn provider(&self) -> &str {
+        self.provider
+    }
+    fn unsupported(&self, what: &str, param: &str) -> Result<(), GatewayError> {
+        Ctx::unsupported(self, what, param)
+    }
+    fn invalid(&self, what: &str, param: &str) -> GatewayError {
+        Ctx::invalid(self, what, param)
+    }
+}
+
 /// `json_object`, or `json_schema` without a schema: answered through [`JSON_TOOL`].
 fn json_object_mode(req: &ChatRequest) -> bool {
     match &req.response_format {
@@ -364,93 +379,40 @@ fn build_body(
         choice = Some(json!({"type": "none"}));
     }
 
-    let mut thinking = thinking_config(cx, req)?;
-    let continues_tool_loop = turns
-        .last()
-        .is_some_and(|t| t.role == Role::User && !t.results.is_empty());
-    if thinking.is_some() && continues_tool_loop {
-        // Anthropic wants the previous turn's signed thinking blocks back here, and OpenAI
-        // messages cannot carry them; its own error message advises disabling thinking.
-        log::debug!(
-            "provider '{}': thinking left off for this tool-result turn",
-            cx.provider
-        );
-        thinking = None;
-    }
-    let thinking_on = thinking.as_ref().is_some_and(|(t, _)| {
-        matches!(
-            t.get("type").and_then(Value::as_str),
-            Some("enabled" | "adaptive")
-        )
-    });
+    // Reasoning and sampling follow Claude's rules (providers/claude.rs).
+    let mut thinking = claude::thinking(cx, req)?;
+    claude::leave_off_after_tool_results(cx, &mut thinking, &turns);
 
     // max_tokens is mandatory; OpenAI's max_completion_tokens also counts reasoning, like
     // Anthropic's max_tokens counts thinking, so the numbers carry over unchanged.
-    let budget = thinking
-        .as_ref()
-        .and_then(|(t, _)| t.get("budget_tokens"))
-        .and_then(Value::as_u64);
     let max_tokens = req
         .max_completion_tokens
         .or(req.max_tokens)
-        .unwrap_or_else(|| DEFAULT_MAX_TOKENS.saturating_add(budget.unwrap_or(0)));
-    if let (Some((t, true)), Some(b)) = (&mut thinking, budget) {
-        if b >= max_tokens {
-            if max_tokens <= MIN_THINKING_BUDGET {
-                return Err(cx.invalid(
-                    &format!("`max_completion_tokens` must exceed {MIN_THINKING_BUDGET} when `reasoning_effort` is set"),
-                    "max_completion_tokens",
-                ));
-            }
-            t["budget_tokens"] = (max_tokens - 1).into();
-        }
-    }
+        .unwrap_or_else(|| {
+            DEFAULT_MAX_TOKENS.saturating_add(claude::budget(&thinking).unwrap_or(0))
+        });
+    claude::fit_budget(cx, &mut thinking, max_tokens)?;
 
-    // Sampling: Anthropic's temperature range is 0-1 (OpenAI's 0-2), and newer models
-    // reject temperature together with top_p (providers.md §14, pitfall 15).
-    let mut temperature = req.temperature.map(|t| t.clamp(0.0, 1.0));
-    let mut top_p = req.top_p;
-    if temperature.is_some() && top_p.take().is_some() {
-        log::debug!(
-            "provider '{}': dropping `top_p` because `temperature` is set",
-            cx.provider
-        );
+    // Anthropic's temperature range is 0-1 (OpenAI's 0-2), and newer models reject
+    // temperature together with top_p (providers.md §14, pitfall 15).
+    let mut sampling = Sampling::claude(cx, req, req.top_p);
+    if claude::thinking_on(&thinking) {
+        let param = if json_mode {
+            "response_format"
+        } else {
+            "tool_choice"
+        };
+        sampling.limit_for_reasoning(
+            cx,
+            forced.then_some((param, "`response_format` `json_object`")),
+            turns.last().is_some_and(|t| t.role == Role::Assistant),
+        )?;
     }
-    let mut top_k = req.extra.get("top_k").filter(|v| !v.is_null()).cloned();
-    if thinking_on {
-        if temperature.is_some_and(|t| t != 1.0) {
-            cx.unsupported(
-                "`temperature` other than 1 together with reasoning",
-                "temperature",
-            )?;
-            temperature = None;
-        }
-        if top_p.is_some_and(|p| !(0.95..=1.0).contains(&p)) {
-            cx.unsupported("`top_p` below 0.95 together with reasoning", "top_p")?;
-            top_p = None;
-        }
-        if top_k.is_some() {
-            cx.unsupported("`top_k` together with reasoning", "top_k")?;
-            top_k = None;
-        }
-        if forced {
-            let param = if json_mode {
-                "response_format"
-            } else {
-                "tool_choice"
-            };
-            return Err(cx.invalid(
-                "forcing a tool call (`tool_choice` `required` or named, or `response_format` `json_object`) cannot be combined with reasoning",
-                param,
-            ));
-        }
-        if turns.last().is_some_and(|t| t.role == Role::Assistant) {
-            return Err(cx.invalid(
-                "a final assistant message (prefill) cannot be combined with reasoning",
-                "messages",
-            ));
-        }
-    }
+    let Sampling {
+        temperature,
+        top_p,
+        top_k,
+    } = sampling;
 
     let mut body = Map::new();
     body.insert("model".into(), model.into());
@@ -598,70 +560,13 @@ fn check_unsupported(cx: &Ctx, req: &ChatRequest) -> Result<(), GatewayError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    User,
-    Assistant,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
-/// One Anthropic message being built, with the tool ids it holds (for pairing checks).
-struct Turn {
-    role: Role,
-    blocks: Vec<Value>,
-    /// Tool-use ids and the OpenAI field they came from.
-    calls: Vec<(String, String)>,
-    results: Vec<String>,
-}
-
 struct Conversation {
     system: Vec<Value>,
     turns: Vec<Turn>,
 }
 
-/// Appends blocks to the conversation, merging into the previous turn of the same role.
-fn push_turn(turns: &mut Vec<Turn>, role: Role, blocks: Vec<Value>, calls: Vec<(String, String)>) {
-    if blocks.is_empty() {
-        return;
-    }
-    let results = blocks
-        .iter()
-        .filter(|b| b["type"] == "tool_result")
-        .filter_map(|b| b["tool_use_id"].as_str().map(str::to_owned))
-        .collect::<Vec<_>>();
-    match turns.last_mut() {
-        Some(t) if t.role == role => {
-            t.blocks.extend(blocks);
-            t.calls.extend(calls);
-            t.results.extend(results);
-        }
-        _ => turns.push(Turn {
-            role,
-            blocks,
-            calls,
-            results,
-        }),
-    }
-}
-
-fn placeholder_turn() -> Turn {
-    Turn {
-        role: Role::User,
-        blocks: vec![json!({"type": "text", "text": PLACEHOLDER_USER})],
-        calls: Vec::new(),
-        results: Vec::new(),
-    }
-}
-
-/// OpenAI messages -> top-level system blocks and alternating turns (providers.md §2.3).
+/// OpenAI messages -> top-level system blocks and alternating turns (providers.md §2.3), with
+/// Claude's turn and tool-pairing rules ([`claude`]).
 fn convert_messages(cx: &Ctx, messages: &[Message]) -> Result<Conversation, GatewayError> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
@@ -675,7 +580,7 @@ fn convert_messages(cx: &Ctx, messages: &[Message]) -> Result<Conversation, Gate
             Message::User { content, extra, .. } => {
                 let mut blocks = user_blocks(cx, content, &format!("messages[{i}].content"))?;
                 message_cache_control(&mut blocks, extra);
-                push_turn(&mut turns, Role::User, blocks, Vec::new());
+                claude::push_turn(&mut turns, Role::User, blocks, Vec::new(), Vec::new());
             }
             Message::Assistant {
                 content,
@@ -698,7 +603,7 @@ fn convert_messages(cx: &Ctx, messages: &[Message]) -> Result<Conversation, Gate
                     blocks.push(block);
                 }
                 message_cache_control(&mut blocks, extra);
-                push_turn(&mut turns, Role::Assistant, blocks, calls);
+                claude::push_turn(&mut turns, Role::Assistant, blocks, calls, Vec::new());
             }
             Message::Tool {
                 content,
@@ -707,22 +612,7 @@ fn convert_messages(cx: &Ctx, messages: &[Message]) -> Result<Conversation, Gate
             } => {
                 let id = tool_id(tool_call_id);
                 let param = format!("messages[{i}].tool_call_id");
-                let open = turns.iter().rev().find(|t| t.role == Role::Assistant);
-                if !open.is_some_and(|t| t.calls.iter().any(|(c, _)| *c == id)) {
-                    return Err(cx.invalid(
-                        &format!("the `tool` message for `{tool_call_id}` answers no tool call of the assistant message before it"),
-                        &param,
-                    ));
-                }
-                if turns
-                    .last()
-                    .is_some_and(|t| t.role == Role::User && t.results.contains(&id))
-                {
-                    return Err(cx.invalid(
-                        &format!("tool call `{tool_call_id}` has more than one `tool` message"),
-                        &param,
-                    ));
-                }
+                claude::check_tool_result(cx, &turns, tool_call_id, &id, &param)?;
                 let mut block = json!({"type": "tool_result", "tool_use_id": id});
                 match content {
                     Content::Text(t) if !t.trim().is_empty() => block["content"] = t.clone().into(),
@@ -739,35 +629,16 @@ fn convert_messages(cx: &Ctx, messages: &[Message]) -> Result<Conversation, Gate
                 }
                 let mut blocks = vec![block];
                 message_cache_control(&mut blocks, extra);
-                push_turn(&mut turns, Role::User, blocks, Vec::new());
+                claude::push_turn(&mut turns, Role::User, blocks, Vec::new(), vec![id]);
             }
         }
     }
-    // Every tool call needs its result in the very next (user) turn; OpenAI rejects a
-    // missing one too, so this is a 400 rather than a synthetic result.
-    for (k, turn) in turns.iter().enumerate() {
-        let answered = turns
-            .get(k + 1)
-            .map(|t| t.results.as_slice())
-            .unwrap_or(&[]);
-        if let Some((id, param)) = turn.calls.iter().find(|(id, _)| !answered.contains(id)) {
-            return Err(cx.invalid(
-                &format!("tool call `{id}` has no `tool` message with its result"),
-                param,
-            ));
-        }
-    }
-    if turns.first().is_none_or(|t| t.role == Role::Assistant) {
-        turns.insert(0, placeholder_turn());
-    }
-    for turn in turns.iter_mut().filter(|t| t.role == Role::User) {
-        // tool_result blocks first, then anything the user added (stable order otherwise).
-        let (mut results, rest): (Vec<Value>, Vec<Value>) = std::mem::take(&mut turn.blocks)
-            .into_iter()
-            .partition(|b| b["type"] == "tool_result");
-        results.extend(rest);
-        turn.blocks = results;
-    }
+    claude::check_calls_answered(cx, &turns)?;
+    claude::ensure_user_first(
+        &mut turns,
+        json!({"type": "text", "text": PLACEHOLDER_USER}),
+    );
+    claude::results_first(&mut turns, |b| b["type"] == "tool_result", |_| false);
     // A final assistant turn is a prefill, and Anthropic rejects one ending in whitespace.
     if let Some(last) = turns.last_mut().filter(|t| t.role == Role::Assistant) {
         if let Some(text) = last.blocks.last_mut().and_then(|b| b.get_mut("text")) {
@@ -1136,33 +1007,6 @@ fn tools_and_choice(cx: &Ctx, req: &ChatRequest, json_mode: bool) -> Result<Tool
         choice,
         forced,
     })
-}
-
-/// `thinking` passed through as sent, or derived from `reasoning_effort`; the flag says
-/// whether llmux chose the budget (and so may fit it under `max_tokens`).
-fn thinking_config(cx: &Ctx, req: &ChatRequest) -> Result<Option<(Value, bool)>, GatewayError> {
-    if let Some(t) = req.extra.get("thinking").filter(|v| !v.is_null()) {
-        return Ok(Some((t.clone(), false)));
-    }
-    // Budgets as LiteLLM picks them for the same efforts.
-    let budget: u64 = match req.reasoning_effort.as_deref() {
-        None | Some("none") => return Ok(None),
-        Some("minimal" | "low") => 1024,
-        Some("medium") => 2048,
-        Some("high") => 4096,
-        Some("xhigh") => 8192,
-        Some("max") => 16384,
-        Some(other) => {
-            return Err(cx.invalid(
-                &format!("`reasoning_effort` `{other}` is not one of none, minimal, low, medium, high, xhigh, max"),
-                "reasoning_effort",
-            ))
-        }
-    };
-    Ok(Some((
-        json!({"type": "enabled", "budget_tokens": budget}),
-        true,
-    )))
 }
 
 /// The shortest prefix Anthropic caches for a model, in tokens (providers.md §2.9); below it

@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod claude;
 pub mod gemini;
 pub mod openai;
 pub mod openai_out;

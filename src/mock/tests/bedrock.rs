@@ -361,6 +361,98 @@ async fn sigv4_shape_is_required() {
 }
 
 #[tokio::test]
+async fn registered_credentials_turn_on_signature_verification() {
+    let m = mock().await;
+    // The gateway's known answer (tests of `providers::bedrock::auth`): a Converse call
+    // signed with AKIDEXAMPLE at 2026-01-01T00:00:00Z.
+    let kat = "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse";
+    let body = json!({"messages": [{"role": "user", "content": [{"text": "Hello!"}]}]});
+    let signed: Headers = &[
+        ("content-type", "application/json"),
+        ("host", "bedrock-runtime.us-east-1.amazonaws.com"),
+        ("x-amz-date", "20260101T000000Z"),
+        ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=a342563fc09d8e7e9f118a66165947f6585fe093d4f135a713c11148fa7d1781"),
+    ];
+    let tampered: Headers = &[
+        ("content-type", "application/json"),
+        ("host", "bedrock-runtime.us-east-1.amazonaws.com"),
+        ("x-amz-date", "20260101T000000Z"),
+        ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=b342563fc09d8e7e9f118a66165947f6585fe093d4f135a713c11148fa7d1781"),
+    ];
+    // Shape only until credentials are registered.
+    assert_eq!(send(&m, "POST", kat, tampered, &body).await.status, 200);
+    let register = |id: &str, token: Option<&str>| {
+        json!({"access_key_id": id,
+               "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+               "session_token": token})
+    };
+    let r = send(
+        &m,
+        "POST",
+        "/_mock/aws-credentials",
+        &[],
+        &json!({"access_key_id": "A"}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = send(
+        &m,
+        "POST",
+        "/_mock/aws-credentials",
+        &[],
+        &register("AKIDOTHER", None),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"registered": 1}));
+    // AKIDEXAMPLE is not registered (yet).
+    let r = send(&m, "POST", kat, signed, &body).await;
+    assert_eq!(r.status, 403);
+    assert!(r
+        .header("x-amzn-errortype")
+        .unwrap_or("")
+        .starts_with("UnrecognizedClientException:"));
+    send(
+        &m,
+        "POST",
+        "/_mock/aws-credentials",
+        &[],
+        &register("AKIDEXAMPLE", None),
+    )
+    .await;
+    let r = send(&m, "POST", kat, signed, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(s(&r.json(), "/output/message/content/0/text").starts_with("mock reply to: Hello!"));
+    let r = send(&m, "POST", kat, tampered, &body).await;
+    assert_eq!(r.status, 403);
+    assert!(r
+        .header("x-amzn-errortype")
+        .unwrap_or("")
+        .starts_with("InvalidSignatureException:"));
+    // Another body under the same signature.
+    let other = json!({"messages": [{"role": "user", "content": [{"text": "Hello?"}]}]});
+    assert_eq!(send(&m, "POST", kat, signed, &other).await.status, 403);
+    // A session token the credential does not have.
+    let with_token: Headers = &[
+        ("content-type", "application/json"),
+        ("host", "bedrock-runtime.us-east-1.amazonaws.com"),
+        ("x-amz-date", "20260101T000000Z"),
+        ("x-amz-security-token", "forged"),
+        ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=a342563fc09d8e7e9f118a66165947f6585fe093d4f135a713c11148fa7d1781"),
+    ];
+    let r = send(&m, "POST", kat, with_token, &body).await;
+    assert!(r
+        .header("x-amzn-errortype")
+        .unwrap_or("")
+        .starts_with("UnrecognizedClientException:"));
+    // The log names the access key (never the signature or token).
+    let log = get(&m, "/_mock/requests", &[]).await.json();
+    let last = &log["requests"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["aws_access_key_id"], "AKIDEXAMPLE");
+    assert_eq!(last["headers"]["x-amz-security-token"], "present");
+    assert_eq!(last["headers"]["authorization"], "present");
+}
+
+#[tokio::test]
 async fn errors_directives_cache_and_stream_exceptions() {
     let m = mock().await;
     let body = converse_body(json!({}));

@@ -6,10 +6,11 @@
 //! 3. `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` from the environment
 //!    (then `AWS_BEARER_TOKEN_BEDROCK`, the variable AWS SDKs read for Bedrock API keys).
 //!
-//! EKS web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`) needs a network call to
-//! STS, which an adapter must not make. [`WebIdentity`] builds that call and parses its answer
-//! as pure functions; a background task (outside the adapter) is to run it and store the result
-//! in a [`CredentialSlot`] the adapter reads at signing time.
+//! 4. EKS web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`), when nothing above is
+//!    set. That needs a network call to STS, which an adapter must not make: [`WebIdentity`]
+//!    builds the call and parses its answer as pure functions, and the background refresher
+//!    ([`super::refresh`]) runs it and stores the result in a [`CredentialSlot`] the adapter
+//!    reads at signing time.
 //!
 //! SigV4 itself is the `aws-sigv4` crate, fed the exact body bytes and the exact `host` the
 //! proxy sends. No secret reaches a log line, an error or a `Debug` output.
@@ -165,7 +166,7 @@ pub fn resolve(
     if let Some(w) = WebIdentity::from_env(env) {
         return Ok(Plan::WebIdentity(w));
     }
-    Err("no AWS credentials: set `aws.access_key_id`/`aws.secret_access_key`, a Bedrock `api_key`, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".into())
+    Err("no AWS credentials: set `aws.access_key_id`/`aws.secret_access_key`, a Bedrock `api_key`, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN".into())
 }
 
 /// One request to sign. `headers` are the headers sent that the signature should cover
@@ -231,18 +232,21 @@ pub fn sign(creds: &AwsCredentials, r: &Signable) -> Result<Vec<(String, String)
 // ---------------------------------------------------------------------------------------
 
 /// Web-identity settings from the environment (what EKS IRSA / pod identity webhooks set).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Two equal values share one credential slot and one refresher.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WebIdentity {
     pub role_arn: String,
     pub token_file: String,
     pub session_name: String,
     /// The STS region (`AWS_REGION`/`AWS_DEFAULT_REGION`); the global endpoint without one.
     pub region: Option<String>,
+    /// `AWS_ENDPOINT_URL_STS`: the STS base URL instead of AWS's (a VPC endpoint, a test fake).
+    pub sts_endpoint: Option<String>,
 }
 
 /// An STS call for a refresher to send. `Debug` hides the body (it holds the token).
 pub struct StsRequest {
-    /// `https://sts.{region}.amazonaws.com`.
+    /// [`WebIdentity::sts_base_url`].
     pub base_url: String,
     pub method: &'static str,
     pub path: String,
@@ -272,7 +276,8 @@ const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'~');
 
 impl WebIdentity {
-    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (both needed), `AWS_ROLE_SESSION_NAME`.
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (both needed), `AWS_ROLE_SESSION_NAME`,
+    /// `AWS_REGION`/`AWS_DEFAULT_REGION` and `AWS_ENDPOINT_URL_STS`.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Option<WebIdentity> {
         let var = |k: &str| env(k).filter(|v| !v.is_empty());
         Some(WebIdentity {
@@ -280,7 +285,19 @@ impl WebIdentity {
             role_arn: var("AWS_ROLE_ARN")?,
             session_name: var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "llmux".into()),
             region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            sts_endpoint: var("AWS_ENDPOINT_URL_STS")
+                .map(|u| u.trim().trim_end_matches('/').to_owned()),
         })
+    }
+
+    /// The STS base URL: `AWS_ENDPOINT_URL_STS`, else `https://sts.{region}.amazonaws.com`,
+    /// else the global `https://sts.amazonaws.com`.
+    pub fn sts_base_url(&self) -> String {
+        match (&self.sts_endpoint, &self.region) {
+            (Some(url), _) => url.clone(),
+            (None, Some(r)) => format!("https://sts.{r}.amazonaws.com"),
+            (None, None) => "https://sts.amazonaws.com".into(),
+        }
     }
 
     /// The (unsigned) `AssumeRoleWithWebIdentity` call for `token`, the contents of
@@ -296,12 +313,8 @@ impl WebIdentity {
         if let Some(d) = duration {
             body.push_str(&format!("&DurationSeconds={}", d.as_secs()));
         }
-        let host = match &self.region {
-            Some(r) => format!("sts.{r}.amazonaws.com"),
-            None => "sts.amazonaws.com".into(),
-        };
         StsRequest {
-            base_url: format!("https://{host}"),
+            base_url: self.sts_base_url(),
             method: "POST",
             path: "/".into(),
             headers: vec![
@@ -549,6 +562,7 @@ mod tests {
             token_file: "/t".into(),
             session_name: "s".into(),
             region: None,
+            sts_endpoint: None,
         };
         let r = w.sts_request("jwt-secret-token", None);
         assert!(!format!("{r:?}").contains("jwt-secret-token"));
@@ -630,10 +644,25 @@ mod tests {
         assert!(r.headers.iter().any(
             |(k, v)| k == "content-type" && v.starts_with("application/x-www-form-urlencoded")
         ));
-        let global = WebIdentity { region: None, ..w };
+        let global = WebIdentity {
+            region: None,
+            ..w.clone()
+        };
         assert_eq!(
             global.sts_request("t", None).base_url,
             "https://sts.amazonaws.com"
+        );
+        // AWS_ENDPOINT_URL_STS wins over the region (a trailing slash is dropped).
+        let custom = WebIdentity::from_env(&env(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("AWS_ROLE_ARN", "arn:r"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:4566/"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            custom.sts_request("t", None).base_url,
+            "http://127.0.0.1:4566"
         );
     }
 

@@ -20,11 +20,15 @@
 //! * `temperature` is clamped to Converse's 0–1; Claude gets no `top_p` next to it.
 //! * `cache_control` marks become `cachePoint` blocks; `auto_cache` places them like the
 //!   Anthropic adapter (tools for Claude, system, stable prefix) above the cacheable minimum.
-//! * Credentials: `aws` keys, a Bedrock `api_key` (Bearer), or the AWS_* environment; web
-//!   identity needs a refresher outside the adapter ([`BedrockAdapter::with_credential_slot`]).
+//! * Credentials: `aws` keys, a Bedrock `api_key` (Bearer), or the AWS_* environment,
+//!   including EKS web identity, whose STS credentials a background [`refresh::Refresher`]
+//!   keeps in a slot the adapter reads when it signs.
+//! * The health probe is signed like a request, also when `probe: {method, path}` overrides
+//!   it.
 
 pub mod auth;
 pub mod eventstream;
+pub mod refresh;
 pub mod request;
 pub mod response;
 pub mod stream;
@@ -71,12 +75,14 @@ pub struct BedrockAdapter {
     extra_headers: Vec<(String, String)>,
     drop_unsupported: bool,
     auto_cache: bool,
+    /// `probe: {method, path}`, normalised as the prober sends it, so it can be signed.
+    probe: Option<(&'static str, String)>,
 }
 
 impl BedrockAdapter {
     /// Builds the adapter, finding credentials in the config, then the process environment.
-    /// A web-identity-only setup is a config error until a refresher is wired (see
-    /// [`BedrockAdapter::with_credential_slot`]).
+    /// With only a web identity, the adapter signs with the process-wide slot for it
+    /// ([`refresh::shared_slot`]), which the [`refresh::Refresher`] service fills.
     pub fn new(cfg: &ProviderConfig, base: &BaseUrl) -> Result<Self, String> {
         Self::new_with_env(cfg, base, &|k| std::env::var(k).ok())
     }
@@ -93,18 +99,21 @@ impl BedrockAdapter {
         {
             Plan::Ready(a) => a,
             Plan::WebIdentity(w) => {
-                return Err(format!(
-                    "provider '{}' (bedrock): only web-identity credentials were found (AWS_WEB_IDENTITY_TOKEN_FILE, role `{}`), and this build cannot refresh them yet; set `aws` keys, `api_key`, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-                    cfg.name, w.role_arn
-                ))
+                BaseUrl::parse(&w.sts_base_url()).map_err(|e| {
+                    format!(
+                        "provider '{}' (bedrock): AWS_ENDPOINT_URL_STS: {e}",
+                        cfg.name
+                    )
+                })?;
+                Auth::SigV4(refresh::shared_slot(&w))
             }
         };
         Self::build(cfg, base, auth, env)
     }
 
-    /// An adapter that signs with whatever credentials `slot` holds when a request is built:
-    /// the hook for an STS web-identity refresher running outside the adapter. Until the slot
-    /// is filled (or while its credentials are expired) requests fail without being sent.
+    /// An adapter that signs with whatever credentials `slot` holds when a request is built
+    /// (what web identity uses, with the refresher's slot). Until the slot is filled (or while
+    /// its credentials are expired) attempts fail, retryably, without being sent.
     pub fn with_credential_slot(
         cfg: &ProviderConfig,
         base: &BaseUrl,
@@ -175,6 +184,10 @@ impl BedrockAdapter {
             extra_headers,
             drop_unsupported: cfg.drop_unsupported_params,
             auto_cache: cfg.auto_cache,
+            probe: cfg
+                .probe
+                .as_ref()
+                .map(|p| probe_override(&p.method, &p.path)),
         })
     }
 
@@ -298,22 +311,45 @@ impl BedrockAdapter {
         BedrockStream::new(&self.name, self.auth.clone(), writer, json_mode(req))
     }
 
-    /// The probe signed at a given time.
+    /// The probe signed at a given time: `ListAsyncInvokes`, or the configured `probe`.
     pub fn probe_request_at(&self, time: SystemTime) -> UpstreamRequest {
-        let path = format!("{}/async-invoke?maxResults=1", self.base.path);
+        let (method, path) = match &self.probe {
+            Some((method, path)) => (*method, path.clone()),
+            None => (
+                "GET",
+                format!("{}/async-invoke?maxResults=1", self.base.path),
+            ),
+        };
         let mut headers = self.extra_headers.clone();
-        match self.authorize("GET", &path, &headers, b"", time) {
+        match self.authorize(method, &path, &headers, b"", time) {
             Ok(h) => headers.extend(h),
             // Sent unsigned: the 403 marks the endpoint down, which it is without credentials.
             Err(f) => log::debug!("provider '{}': probe not signed: {}", self.name, f.message),
         }
         UpstreamRequest {
-            method: "GET",
+            method,
             path,
             headers,
             body: Bytes::new(),
         }
     }
+}
+
+/// A `probe: {method, path}` override exactly as the prober sends it (`proxy::probe`: HEAD
+/// and POST kept, anything else GET; the path is absolute on the provider's host). The
+/// adapter signs this request, and the prober's own rewrite then changes nothing.
+fn probe_override(method: &str, path: &str) -> (&'static str, String) {
+    let method = match method.to_ascii_uppercase().as_str() {
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        _ => "GET",
+    };
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    (method, path)
 }
 
 impl Adapter for BedrockAdapter {
@@ -379,7 +415,8 @@ impl Adapter for BedrockAdapter {
 
     /// Bedrock runtime has no model list: the probe is `ListAsyncInvokes` (`GET
     /// /async-invoke?maxResults=1`), signed, free, and 200 when the credentials are valid and
-    /// may call it (`bedrock:ListAsyncInvokes`); without that permission it is a 403.
+    /// may call it (`bedrock:ListAsyncInvokes`); without that permission it is a 403. A
+    /// configured `probe` is signed the same way.
     fn probe_request(&self, _model: &str) -> UpstreamRequest {
         self.probe_request_at(SystemTime::now())
     }

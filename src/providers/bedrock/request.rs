@@ -1,13 +1,14 @@
 //! OpenAI Chat Completions -> Bedrock Converse request body (providers.md §8.2).
 //!
-//! The conversation rules are Anthropic's (pitfalls 2–7): system and developer messages are
-//! lifted into `system` in order, turns are merged into strict user/assistant alternation that
-//! starts with the user, tool calls and results become `toolUse`/`toolResult` blocks with the
-//! results first in the user turn after the calls, blank text is never sent, and every tool
-//! call must be answered. Parameters are mapped, or refused with a 400 naming them (dropped
+//! The conversation rules are Anthropic's (pitfalls 2–7, shared with the Anthropic adapter in
+//! [`super::super::claude`]): system and developer messages are lifted into `system` in order,
+//! turns are merged into strict user/assistant alternation that starts with the user, tool
+//! calls and results become `toolUse`/`toolResult` blocks with the results first in the user
+//! turn after the calls, blank text is never sent, and every tool call must be answered. Parameters are mapped, or refused with a 400 naming them (dropped
 //! instead with `drop_unsupported_params: true`); content that cannot be sent is always a 400.
 
 use super::super::anthropic::{JSON_TOOL, PLACEHOLDER_USER};
+use super::super::claude::{self, Refuse, Role, Sampling, Turn};
 use crate::types::{
     ChatRequest, Content, ContentPart, Extra, GatewayError, Message, ResponseFormat, Stop,
     ToolCall, ToolChoice, ToolChoiceMode,
@@ -23,7 +24,6 @@ pub const EMPTY_RESULT: &str = "(no output)";
 /// counts against `maxTokens`, and the model default may be below the budget).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The smallest thinking budget Claude accepts.
-const MIN_THINKING_BUDGET: u64 = 1024;
 /// Bedrock-native request fields a client may send as extensions; passed through as sent.
 const NATIVE: [&str; 8] = [
     "additionalModelRequestFields",
@@ -110,6 +110,18 @@ impl Ctx<'_> {
     }
 }
 
+impl Refuse for Ctx<'_> {
+    fn provider(&self) -> &str {
+        self.provider
+    }
+    fn unsupported(&self, what: &str, param: &str) -> Result<(), GatewayError> {
+        Ctx::unsupported(self, what, param)
+    }
+    fn invalid(&self, what: &str, param: &str) -> GatewayError {
+        Ctx::invalid(self, what, param)
+    }
+}
+
 /// `response_format` `json_object` or `json_schema`: answered through the forced [`JSON_TOOL`]
 /// whose input comes back as `content` (Converse's native `outputConfig` exists only on some
 /// models; a client that wants it can send `outputConfig` itself).
@@ -166,30 +178,14 @@ pub fn build_body(
         client_tools,
     } = tools_and_choice(cx, req, json_mode)?;
 
-    // Reasoning: Claude thinking, Nova reasoningConfig, gpt-oss reasoning_effort.
+    // Reasoning: Claude thinking (Claude's rules, providers/claude.rs), Nova
+    // reasoningConfig, gpt-oss reasoning_effort.
     let mut extra_fields = Map::new();
     let mut thinking = claude_thinking(cx, req, family)?;
-    let continues_tool_loop = turns
-        .last()
-        .is_some_and(|t| t.role == Role::User && !t.results.is_empty());
-    if thinking.is_some() && continues_tool_loop {
-        // Claude wants the previous turn's signed thinking blocks back here, and OpenAI
-        // messages cannot carry them; Anthropic's own error message advises disabling it.
-        log::debug!(
-            "provider '{}': thinking left off for this tool-result turn",
-            cx.provider
-        );
-        thinking = None;
-    }
+    claude::leave_off_after_tool_results(cx, &mut thinking, &turns);
     if family != Family::Claude {
         other_reasoning(cx, req, family, &mut extra_fields)?;
     }
-    let thinking_on = thinking.as_ref().is_some_and(|(t, _)| {
-        matches!(
-            t.get("type").and_then(Value::as_str),
-            Some("enabled" | "adaptive")
-        )
-    });
 
     // maxTokens: OpenAI's max_completion_tokens counts reasoning, like Claude's thinking
     // counts against maxTokens, so the numbers carry over unchanged.
@@ -202,68 +198,41 @@ pub fn build_body(
         };
         return Err(cx.invalid(&format!("`{param}` must be at least 1"), param));
     }
-    let budget = thinking
-        .as_ref()
-        .and_then(|(t, _)| t.get("budget_tokens"))
-        .and_then(Value::as_u64);
-    let max_tokens = requested.or_else(|| budget.map(|b| DEFAULT_MAX_TOKENS.saturating_add(b)));
-    if let (Some((t, true)), Some(b), Some(m)) = (&mut thinking, budget, max_tokens) {
-        if b >= m {
-            if m <= MIN_THINKING_BUDGET {
-                return Err(cx.invalid(
-                    &format!("`max_completion_tokens` must exceed {MIN_THINKING_BUDGET} when `reasoning_effort` is set"),
-                    "max_completion_tokens",
-                ));
-            }
-            t["budget_tokens"] = (m - 1).into();
-        }
+    let max_tokens = requested
+        .or_else(|| claude::budget(&thinking).map(|b| DEFAULT_MAX_TOKENS.saturating_add(b)));
+    if let Some(m) = max_tokens {
+        claude::fit_budget(cx, &mut thinking, m)?;
     }
 
-    // Sampling: Converse's temperature range is 0–1 (OpenAI's 0–2), so it is clamped; Claude
-    // rejects temperature together with top_p (pitfall 15), so top_p goes then.
-    let mut temperature = req.temperature.map(|t| t.clamp(0.0, 1.0));
-    let mut top_p = req.top_p.map(|p| p.clamp(0.0, 1.0));
-    if family == Family::Claude && temperature.is_some() && top_p.take().is_some() {
-        log::debug!(
-            "provider '{}': dropping `top_p` because `temperature` is set",
-            cx.provider
-        );
+    // Sampling: Converse's temperature range is 0–1 (OpenAI's 0–2), so it is clamped (top_p
+    // too); Claude rejects temperature together with top_p (pitfall 15), so top_p goes then.
+    let top_p = req.top_p.map(|p| p.clamp(0.0, 1.0));
+    let mut sampling = if family == Family::Claude {
+        Sampling::claude(cx, req, top_p)
+    } else {
+        Sampling {
+            temperature: req.temperature.map(|t| t.clamp(0.0, 1.0)),
+            top_p,
+            top_k: req.extra.get("top_k").filter(|v| !v.is_null()).cloned(),
+        }
+    };
+    if claude::thinking_on(&thinking) {
+        let param = if json_mode {
+            "response_format"
+        } else {
+            "tool_choice"
+        };
+        sampling.limit_for_reasoning(
+            cx,
+            forced.then_some((param, "`response_format`")),
+            turns.last().is_some_and(|t| t.role == Role::Assistant),
+        )?;
     }
-    let mut top_k = req.extra.get("top_k").filter(|v| !v.is_null()).cloned();
-    if thinking_on {
-        if temperature.is_some_and(|t| t != 1.0) {
-            cx.unsupported(
-                "`temperature` other than 1 together with reasoning",
-                "temperature",
-            )?;
-            temperature = None;
-        }
-        if top_p.is_some_and(|p| !(0.95..=1.0).contains(&p)) {
-            cx.unsupported("`top_p` below 0.95 together with reasoning", "top_p")?;
-            top_p = None;
-        }
-        if top_k.is_some() {
-            cx.unsupported("`top_k` together with reasoning", "top_k")?;
-            top_k = None;
-        }
-        if forced {
-            let param = if json_mode {
-                "response_format"
-            } else {
-                "tool_choice"
-            };
-            return Err(cx.invalid(
-                "forcing a tool call (`tool_choice` `required` or named, or `response_format`) cannot be combined with reasoning",
-                param,
-            ));
-        }
-        if turns.last().is_some_and(|t| t.role == Role::Assistant) {
-            return Err(cx.invalid(
-                "a final assistant message (prefill) cannot be combined with reasoning",
-                "messages",
-            ));
-        }
-    }
+    let Sampling {
+        temperature,
+        top_p,
+        top_k,
+    } = sampling;
     if let Some(k) = top_k {
         match family {
             Family::Claude => {
@@ -463,30 +432,6 @@ fn check_unsupported(cx: &Ctx, req: &ChatRequest) -> Result<(), GatewayError> {
 // Messages
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    User,
-    Assistant,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
-/// One Converse message being built, with the tool ids it holds (for pairing checks).
-struct Turn {
-    role: Role,
-    blocks: Vec<Value>,
-    /// Tool-use ids and the OpenAI field they came from.
-    calls: Vec<(String, String)>,
-    results: Vec<String>,
-}
-
 struct Conversation {
     system: Vec<Value>,
     turns: Vec<Turn>,
@@ -580,7 +525,7 @@ impl Converter {
                     let mut blocks =
                         self.user_blocks(cx, content, &format!("messages[{i}].content"))?;
                     mark_cache(&mut blocks, cache_control(extra));
-                    push_turn(&mut turns, Role::User, blocks, Vec::new(), Vec::new());
+                    claude::push_turn(&mut turns, Role::User, blocks, Vec::new(), Vec::new());
                 }
                 Message::Assistant {
                     content,
@@ -604,7 +549,7 @@ impl Converter {
                         blocks.push(block);
                     }
                     mark_cache(&mut blocks, cache_control(extra));
-                    push_turn(&mut turns, Role::Assistant, blocks, calls, Vec::new());
+                    claude::push_turn(&mut turns, Role::Assistant, blocks, calls, Vec::new());
                 }
                 Message::Tool {
                     content,
@@ -613,22 +558,7 @@ impl Converter {
                 } => {
                     let id = tool_id(tool_call_id);
                     let param = format!("messages[{i}].tool_call_id");
-                    let open = turns.iter().rev().find(|t| t.role == Role::Assistant);
-                    if !open.is_some_and(|t| t.calls.iter().any(|(c, _)| *c == id)) {
-                        return Err(cx.invalid(
-                            &format!("the `tool` message for `{tool_call_id}` answers no tool call of the assistant message before it"),
-                            &param,
-                        ));
-                    }
-                    if turns
-                        .last()
-                        .is_some_and(|t| t.role == Role::User && t.results.contains(&id))
-                    {
-                        return Err(cx.invalid(
-                            &format!("tool call `{tool_call_id}` has more than one `tool` message"),
-                            &param,
-                        ));
-                    }
+                    claude::check_tool_result(cx, &turns, tool_call_id, &id, &param)?;
                     let (result, cache) =
                         self.tool_result(cx, content, &format!("messages[{i}].content"))?;
                     let mut block = json!({"toolResult": {"toolUseId": id, "content": result}});
@@ -637,38 +567,18 @@ impl Converter {
                     }
                     let mut blocks = vec![block];
                     mark_cache(&mut blocks, cache.or_else(|| cache_control(extra)));
-                    push_turn(&mut turns, Role::User, blocks, Vec::new(), vec![id]);
+                    claude::push_turn(&mut turns, Role::User, blocks, Vec::new(), vec![id]);
                 }
             }
         }
-        // Every tool call needs its result in the very next (user) turn; OpenAI rejects a
-        // missing one too, so this is a 400 rather than a synthetic result.
-        for (k, turn) in turns.iter().enumerate() {
-            let answered = turns
-                .get(k + 1)
-                .map(|t| t.results.as_slice())
-                .unwrap_or(&[]);
-            if let Some((id, param)) = turn.calls.iter().find(|(id, _)| !answered.contains(id)) {
-                return Err(cx.invalid(
-                    &format!("tool call `{id}` has no `tool` message with its result"),
-                    param,
-                ));
-            }
-        }
-        if turns.first().is_none_or(|t| t.role == Role::Assistant) {
-            turns.insert(
-                0,
-                Turn {
-                    role: Role::User,
-                    blocks: vec![json!({ "text": PLACEHOLDER_USER })],
-                    calls: Vec::new(),
-                    results: Vec::new(),
-                },
-            );
-        }
-        for turn in turns.iter_mut().filter(|t| t.role == Role::User) {
-            turn.blocks = results_first(std::mem::take(&mut turn.blocks));
-        }
+        claude::check_calls_answered(cx, &turns)?;
+        claude::ensure_user_first(&mut turns, json!({ "text": PLACEHOLDER_USER }));
+        // `toolResult` blocks first, each with the cache points after it.
+        claude::results_first(
+            &mut turns,
+            |b| b.get("toolResult").is_some(),
+            is_cache_point,
+        );
         // A final assistant turn is a prefill, and Claude rejects one ending in whitespace.
         if let Some(last) = turns.last_mut().filter(|t| t.role == Role::Assistant) {
             let text_at = last.blocks.iter().rposition(|b| !is_cache_point(b));
@@ -821,48 +731,6 @@ fn document_name(filename: &str) -> String {
         })
         .collect();
     mapped.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Appends blocks to the conversation, merging into the previous turn of the same role.
-fn push_turn(
-    turns: &mut Vec<Turn>,
-    role: Role,
-    blocks: Vec<Value>,
-    calls: Vec<(String, String)>,
-    results: Vec<String>,
-) {
-    if blocks.is_empty() {
-        return;
-    }
-    match turns.last_mut() {
-        Some(t) if t.role == role => {
-            t.blocks.extend(blocks);
-            t.calls.extend(calls);
-            t.results.extend(results);
-        }
-        _ => turns.push(Turn {
-            role,
-            blocks,
-            calls,
-            results,
-        }),
-    }
-}
-
-/// `toolResult` blocks first, each with the cache points after it, then everything else
-/// (stable order otherwise).
-fn results_first(blocks: Vec<Value>) -> Vec<Value> {
-    let mut units: Vec<Vec<Value>> = Vec::new();
-    for b in blocks {
-        match units.last_mut() {
-            Some(u) if is_cache_point(&b) => u.push(b),
-            _ => units.push(vec![b]),
-        }
-    }
-    let (results, rest): (Vec<Vec<Value>>, Vec<Vec<Value>>) = units
-        .into_iter()
-        .partition(|u| u[0].get("toolResult").is_some());
-    results.into_iter().chain(rest).flatten().collect()
 }
 
 /// System and assistant content: text (and refusal) parts only.
@@ -1179,49 +1047,24 @@ fn tools_and_choice(cx: &Ctx, req: &ChatRequest, json_mode: bool) -> Result<Tool
 // Reasoning
 // ---------------------------------------------------------------------------------------
 
-/// Claude's `thinking` (in `additionalModelRequestFields`): passed through as sent, or derived
-/// from `reasoning_effort` with Anthropic's budgets; the flag says whether llmux chose the
-/// budget (and so may fit it under `maxTokens`).
+/// Claude's `thinking` (in `additionalModelRequestFields`, [`claude::thinking`]): passed
+/// through as sent, or derived from `reasoning_effort`. Opaque ids (application inference
+/// profile ARNs) may be Claude, so a client's `thinking` is trusted for them; Nova and gpt-oss
+/// refuse it.
 fn claude_thinking(
     cx: &Ctx,
     req: &ChatRequest,
     family: Family,
-) -> Result<Option<(Value, bool)>, GatewayError> {
-    if let Some(t) = req.extra.get("thinking").filter(|v| !v.is_null()) {
-        // Opaque ids (application inference profile ARNs) may be Claude: trust the client.
-        if matches!(family, Family::Nova | Family::GptOss) {
-            cx.unsupported("`thinking` (a Claude field) for this model", "thinking")?;
-            return Ok(None);
-        }
-        return Ok(Some((t.clone(), false)));
-    }
-    if family != Family::Claude {
+) -> Result<claude::Thinking, GatewayError> {
+    let sent = req.extra.get("thinking").is_some_and(|v| !v.is_null());
+    if sent && matches!(family, Family::Nova | Family::GptOss) {
+        cx.unsupported("`thinking` (a Claude field) for this model", "thinking")?;
         return Ok(None);
     }
-    let budget: u64 = match effort(cx, req)? {
-        None => return Ok(None),
-        Some("minimal" | "low") => 1024,
-        Some("medium") => 2048,
-        Some("high") => 4096,
-        Some("xhigh") => 8192,
-        Some(_) => 16384,
-    };
-    Ok(Some((
-        json!({"type": "enabled", "budget_tokens": budget}),
-        true,
-    )))
-}
-
-/// A valid `reasoning_effort` other than `none`.
-fn effort<'r>(cx: &Ctx, req: &'r ChatRequest) -> Result<Option<&'r str>, GatewayError> {
-    match req.reasoning_effort.as_deref() {
-        None | Some("none") => Ok(None),
-        Some(e @ ("minimal" | "low" | "medium" | "high" | "xhigh" | "max")) => Ok(Some(e)),
-        Some(other) => Err(cx.invalid(
-            &format!("`reasoning_effort` `{other}` is not one of none, minimal, low, medium, high, xhigh, max"),
-            "reasoning_effort",
-        )),
+    if !sent && family != Family::Claude {
+        return Ok(None);
     }
+    claude::thinking(cx, req)
 }
 
 /// `reasoning_effort` for Nova (`reasoningConfig`) and gpt-oss (`reasoning_effort`); other
@@ -1232,7 +1075,7 @@ fn other_reasoning(
     family: Family,
     fields: &mut Map<String, Value>,
 ) -> Result<(), GatewayError> {
-    let Some(e) = effort(cx, req)? else {
+    let Some(e) = claude::effort(cx, req)? else {
         return Ok(());
     };
     let level = match e {

@@ -203,10 +203,17 @@ fn config_errors() {
     let c: ProviderConfig =
         serde_json::from_value(json!({"name": "br", "kind": "bedrock", "region": "us-east-1"}))
             .unwrap();
-    let e = BedrockAdapter::new_with_env(&c, &base(), &only_web)
+    let bad_sts = |k: &str| match k {
+        "AWS_ENDPOINT_URL_STS" => Some("sts.internal:443".to_owned()),
+        _ => only_web(k),
+    };
+    let e = BedrockAdapter::new_with_env(&c, &base(), &bad_sts)
         .err()
         .unwrap();
-    assert!(e.contains("web-identity") && e.contains("br"), "{e}");
+    assert!(
+        e.contains("AWS_ENDPOINT_URL_STS") && e.contains("br"),
+        "{e}"
+    );
     let e = BedrockAdapter::new_with_env(&c, &base(), &no_env)
         .err()
         .unwrap();
@@ -238,6 +245,50 @@ fn config_errors() {
             .region,
         "ap-south-1"
     );
+}
+
+#[test]
+fn web_identity_signs_with_the_shared_refreshed_slot() {
+    let web = |k: &str| match k {
+        "AWS_WEB_IDENTITY_TOKEN_FILE" => Some("/var/run/secrets/eks/token".to_owned()),
+        "AWS_ROLE_ARN" => Some("arn:aws:iam::1:role/adapter-test".to_owned()),
+        "AWS_ENDPOINT_URL_STS" => Some("http://127.0.0.1:1".to_owned()),
+        _ => None,
+    };
+    let c: ProviderConfig =
+        serde_json::from_value(json!({"name": "br", "kind": "bedrock", "region": "us-east-1"}))
+            .unwrap();
+    let a = BedrockAdapter::new_with_env(&c, &base(), &web).unwrap();
+    // A reload builds a new adapter on the same slot (and so the same refresher).
+    let again = BedrockAdapter::new_with_env(&c, &base(), &web).unwrap();
+    let (Auth::SigV4(slot), Auth::SigV4(slot2)) = (&a.auth, &again.auth) else {
+        panic!("web identity signs with SigV4")
+    };
+    assert!(std::sync::Arc::ptr_eq(slot, slot2));
+    let w = auth::WebIdentity::from_env(&web).unwrap();
+    assert!(std::sync::Arc::ptr_eq(slot, &refresh::shared_slot(&w)));
+    // Before the first refresh: a retryable failure, nothing sent.
+    let req = request(json!({"messages": [user("x")]}));
+    let now = at("2026-01-01T00:00:00Z");
+    match a.chat_request_at(&req, NOVA, now).unwrap_err() {
+        GatewayError::Upstream { failure, .. } => {
+            assert_eq!(failure.kind, FailureKind::Connect);
+            assert!(failure.retryable(), "{}", failure.message);
+        }
+        e => panic!("{e:?}"),
+    }
+    // What the refresher stores is what requests are signed with.
+    slot.store(Some(std::sync::Arc::new(AwsCredentials {
+        access_key_id: "ASIASTS".into(),
+        secret_access_key: "sts-secret".into(),
+        session_token: Some("sts-session".into()),
+        expires_at: Some(at("2026-01-01T01:00:00Z")),
+    })));
+    let r = again.chat_request_at(&req, NOVA, now).unwrap();
+    assert!(header(&r, "authorization")
+        .unwrap()
+        .starts_with("AWS4-HMAC-SHA256 Credential=ASIASTS/20260101/us-east-1/bedrock/"));
+    assert_eq!(header(&r, "x-amz-security-token"), Some("sts-session"));
 }
 
 #[test]
@@ -280,6 +331,53 @@ fn probe_is_a_signed_list_async_invokes() {
     assert!(header(&p, "authorization")
         .unwrap()
         .contains("SignedHeaders=host;x-amz-date"));
+}
+
+#[test]
+fn probe_override_is_signed_for_what_the_prober_sends() {
+    let time = at("2026-01-01T00:00:00Z");
+    let a = adapter_with(
+        json!({"probe": {"method": "post", "path": "foundation-models?maxResults=1"}}),
+    );
+    let p = a.probe_request_at(time);
+    assert_eq!(
+        (p.method, p.path.as_str()),
+        ("POST", "/foundation-models?maxResults=1")
+    );
+    // The same signature as an independent signing of exactly that request.
+    let expected = auth::sign(
+        &AwsCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: SECRET.into(),
+            session_token: None,
+            expires_at: None,
+        },
+        &auth::Signable {
+            method: "POST",
+            host: "bedrock-runtime.us-east-1.amazonaws.com",
+            path: "/foundation-models?maxResults=1",
+            headers: &[],
+            body: b"",
+            region: "us-east-1",
+            service: auth::SERVICE,
+            time,
+            content_sha256: false,
+        },
+    )
+    .unwrap();
+    let auth_header = |h: &[(String, String)]| {
+        h.iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(auth_header(&p.headers), auth_header(&expected));
+    assert!(auth_header(&p.headers).is_some());
+    // Methods other than HEAD and POST are sent (and signed) as GET, like the prober does.
+    let a = adapter_with(json!({"probe": {"method": "DELETE", "path": "/x"}}));
+    assert_eq!(a.probe_request_at(time).method, "GET");
+    let a = adapter_with(json!({"probe": {"path": "/x"}}));
+    let p = a.probe_request_at(time);
+    assert_eq!((p.method, p.path.as_str()), ("GET", "/x"));
 }
 
 // ---------------------------------------------------------------------------------------
