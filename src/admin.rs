@@ -102,7 +102,13 @@ impl Admin {
             ("GET", "/metrics") => Ok((
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                Bytes::from(self.state.metrics.render(&table.endpoints)),
+                Bytes::from({
+                    let mut text = self.state.metrics.render(&table.endpoints);
+                    if let Some(fleet) = &self.state.fleet {
+                        fleet.render_metrics(&mut text);
+                    }
+                    text
+                }),
             )),
             ("GET", "/admin/history") => Ok((
                 200,
@@ -118,7 +124,13 @@ impl Admin {
                 Ok((
                     200,
                     "application/json",
-                    Bytes::from(json!({ "endpoints": list }).to_string()),
+                    Bytes::from(
+                        match &self.state.fleet {
+                            Some(f) => json!({ "endpoints": list, "state": f.status_json() }),
+                            None => json!({ "endpoints": list, "state": {"backend": "memory"} }),
+                        }
+                        .to_string(),
+                    ),
                 ))
             }
             ("POST", "/admin/reload") => match self.reloader.reload() {
@@ -207,6 +219,7 @@ fn endpoint_json(e: &Endpoint) -> serde_json::Value {
         "health": e.health().as_str(),
         "breaker": {"state": e.breaker_state().as_str(), "half_open_at": half_open_at},
         "drained": e.drained(),
+        "breaker_opened_by_fleet": e.opened_by_fleet(),
         "requests": requests,
         "errors": errors,
         // The share of failures over the breaker's recent window; lifetime when idle.

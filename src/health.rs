@@ -117,8 +117,32 @@ pub struct Endpoint {
     inner: Mutex<BreakerInner>,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Fleet sharing (`crate::fleet`): trips and recoveries this process saw itself, so the
+    /// sync publishes each once, and whether the open state came from another replica.
+    fleet: FleetMarks,
     /// Latency, tokens and spend; shared with the reloaded copy of this endpoint.
     pub stats: std::sync::Arc<crate::stats::EndpointStats>,
+}
+
+/// Breaker events for the fleet sync to publish: counters it compares with what it last
+/// published, read and written with atomics only.
+#[derive(Debug, Default)]
+struct FleetMarks {
+    /// Trips by this process's own outcomes.
+    trips: AtomicU64,
+    /// Closes by this process's own trial or probe.
+    closes: AtomicU64,
+    /// Wall-clock (Unix ms) of the last open, local or remote.
+    opened_unix_ms: AtomicU64,
+    /// The open state was set from another replica's trip.
+    remote: AtomicBool,
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the breaker said about one attempt: a normal pass or a half-open trial.
@@ -161,6 +185,7 @@ impl Endpoint {
             }),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            fleet: FleetMarks::default(),
             stats: Default::default(),
         }
     }
@@ -185,6 +210,16 @@ impl Endpoint {
             .store(self.requests.load(Ordering::Acquire), Ordering::Release);
         e.errors
             .store(self.errors.load(Ordering::Acquire), Ordering::Release);
+        for (new, old) in [
+            (&e.fleet.trips, &self.fleet.trips),
+            (&e.fleet.closes, &self.fleet.closes),
+            (&e.fleet.opened_unix_ms, &self.fleet.opened_unix_ms),
+        ] {
+            new.store(old.load(Ordering::Acquire), Ordering::Release);
+        }
+        e.fleet
+            .remote
+            .store(self.fleet.remote.load(Ordering::Acquire), Ordering::Release);
         if let (Ok(old), Ok(mut new)) = (self.inner.lock(), e.inner.lock()) {
             new.consecutive_failures = old.consecutive_failures;
             new.trips = old.trips;
@@ -335,6 +370,8 @@ impl Endpoint {
                     inner.window.clear();
                     self.state
                         .store(BreakerState::Closed as u8, Ordering::Release);
+                    self.fleet.remote.store(false, Ordering::Release);
+                    self.fleet.closes.fetch_add(1, Ordering::AcqRel);
                 }
             }
             Outcome::Failure => {
@@ -363,6 +400,11 @@ impl Endpoint {
         self.state
             .store(BreakerState::Open as u8, Ordering::Release);
         inner.window.clear();
+        self.fleet.remote.store(false, Ordering::Release);
+        self.fleet
+            .opened_unix_ms
+            .store(unix_ms(), Ordering::Release);
+        self.fleet.trips.fetch_add(1, Ordering::AcqRel);
         log::warn!(
             "circuit opened for endpoint {}/{} for {:?} (trip {})",
             self.provider,
@@ -388,6 +430,10 @@ impl Endpoint {
                     log::info!("endpoint {}/{} is healthy again", self.provider, self.model);
                     inner.consecutive_failures = 0;
                     inner.trips = 0;
+                    if self.state.load(Ordering::Acquire) != BreakerState::Closed as u8 {
+                        self.fleet.remote.store(false, Ordering::Release);
+                        self.fleet.closes.fetch_add(1, Ordering::AcqRel);
+                    }
                     self.state
                         .store(BreakerState::Closed as u8, Ordering::Release);
                 }
@@ -408,9 +454,128 @@ impl Endpoint {
     }
 }
 
+/// The breaker as the fleet sync sees it (`crate::fleet`).
+impl Endpoint {
+    /// How many times this process's own outcomes tripped or closed the breaker.
+    pub fn breaker_events(&self) -> (u64, u64) {
+        (
+            self.fleet.trips.load(Ordering::Acquire),
+            self.fleet.closes.load(Ordering::Acquire),
+        )
+    }
+
+    /// While open: when the next trial may go, in Unix ms.
+    pub fn open_until_unix_ms(&self) -> Option<u64> {
+        if self.state.load(Ordering::Acquire) != BreakerState::Open as u8 {
+            return None;
+        }
+        let wait = self
+            .half_open_at
+            .load(Ordering::Acquire)
+            .saturating_sub(now_ms());
+        Some(unix_ms() + wait)
+    }
+
+    /// Another replica tripped this endpoint's breaker until `until` (Unix ms): stay out
+    /// until then too, without counting it as a trip of our own.
+    pub fn open_from_fleet(&self, until_unix_ms: u64) {
+        let wait = until_unix_ms.saturating_sub(unix_ms());
+        if wait == 0 {
+            return;
+        }
+        let Ok(_inner) = self.inner.lock() else {
+            return;
+        };
+        let at = now_ms() + wait;
+        let state = self.state.load(Ordering::Acquire);
+        if state == BreakerState::Open as u8 && self.half_open_at.load(Ordering::Acquire) >= at {
+            return;
+        }
+        self.half_open_at.store(at, Ordering::Release);
+        self.state
+            .store(BreakerState::Open as u8, Ordering::Release);
+        if state == BreakerState::Closed as u8 {
+            self.fleet.remote.store(true, Ordering::Release);
+            self.fleet
+                .opened_unix_ms
+                .store(unix_ms(), Ordering::Release);
+            log::warn!(
+                "circuit opened for endpoint {}/{} by another replica",
+                self.provider,
+                self.model
+            );
+        }
+    }
+
+    /// Another replica's trial (or probe) found the endpoint working again at `closed_at`
+    /// (Unix ms): close, unless this process tripped it again since.
+    pub fn close_from_fleet(&self, closed_at_unix_ms: u64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if self.state.load(Ordering::Acquire) == BreakerState::Closed as u8
+            || self.fleet.opened_unix_ms.load(Ordering::Acquire) > closed_at_unix_ms
+        {
+            return;
+        }
+        inner.consecutive_failures = 0;
+        inner.trips = 0;
+        inner.window.clear();
+        self.fleet.remote.store(false, Ordering::Release);
+        self.state
+            .store(BreakerState::Closed as u8, Ordering::Release);
+        log::info!(
+            "circuit closed for endpoint {}/{} by another replica's trial",
+            self.provider,
+            self.model
+        );
+    }
+
+    /// Another replica holds the half-open trial: keep this one's breaker open `for_` longer.
+    pub fn defer_trial(&self, for_: Duration) {
+        if self.state.load(Ordering::Acquire) == BreakerState::Open as u8 {
+            self.half_open_at
+                .fetch_max(now_ms() + for_.as_millis() as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether the breaker is open because of another replica (for `/admin/endpoints`).
+    pub fn opened_by_fleet(&self) -> bool {
+        self.fleet.remote.load(Ordering::Acquire)
+            && self.state.load(Ordering::Acquire) != BreakerState::Closed as u8
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_open_and_close() {
+        let e = Endpoint::new("p", "m", None, policy(60_000));
+        e.open_from_fleet(unix_ms() + 5_000);
+        assert_eq!(e.breaker_state(), BreakerState::Open);
+        assert!(e.opened_by_fleet());
+        assert_eq!(e.breaker_events(), (0, 0), "not our own trip");
+        assert!(e.acquire().is_none());
+        let until = e.open_until_unix_ms().unwrap();
+        assert!(until > unix_ms() + 4_000 && until <= unix_ms() + 5_000);
+        e.defer_trial(Duration::from_secs(10));
+        assert!(e.open_until_unix_ms().unwrap() > unix_ms() + 9_000);
+        // A close from before our open does not count; one after does.
+        e.close_from_fleet(unix_ms() - 60_000);
+        assert_eq!(e.breaker_state(), BreakerState::Open);
+        e.close_from_fleet(unix_ms() + 1);
+        assert_eq!(e.breaker_state(), BreakerState::Closed);
+        assert!(e.acquire().is_some());
+        // Our own trip is an event to publish.
+        for _ in 0..3 {
+            let p = e.acquire().unwrap();
+            e.record(p, Outcome::Failure, None);
+        }
+        assert_eq!(e.breaker_events().0, 1);
+        assert!(!e.opened_by_fleet());
+    }
 
     fn policy(open_ms: u64) -> BreakerPolicy {
         BreakerPolicy {

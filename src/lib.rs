@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod dns;
+pub mod fleet;
 pub mod health;
 pub mod mock;
 pub mod otlp;

@@ -58,10 +58,16 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
         ));
     }
 
-    let conf = ServerConf {
-        threads: std::thread::available_parallelism()
+    let threads = cfg.server.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(4),
+            .min(4)
+    });
+    let conf = ServerConf {
+        threads,
+        // Measured on one pinned core (docs/performance.md): stealing between the worker
+        // threads only pays off when there is more than one.
+        work_stealing: cfg.server.work_stealing.unwrap_or(threads > 1),
         // Draining is done by `Signals` below; Pingora's own grace sleep would only delay exit.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
@@ -86,6 +92,8 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
         None => None,
     };
     state.otlp = otlp.clone();
+    state.ledger = crate::budget::Ledger::new(cfg.state.lease_fraction);
+    state.fleet = crate::fleet::Fleet::from_config(&cfg.state);
     let state = Arc::new(state);
 
     let mut proxy = pingora::proxy::http_proxy_service(
@@ -121,6 +129,19 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
                 exporter,
                 state: state.clone(),
                 every: cfg.telemetry.metrics_interval.0,
+            },
+        ));
+    }
+    server.add_service(background_service(
+        "bedrock web identity",
+        crate::providers::bedrock::refresh::Refresher,
+    ));
+    if let Some(fleet) = state.fleet.clone() {
+        server.add_service(background_service(
+            "shared state sync",
+            crate::fleet::FleetSync {
+                state: state.clone(),
+                fleet,
             },
         ));
     }
@@ -302,6 +323,9 @@ impl Reload for Reloader {
             *seen = file_hash(&self.path);
         }
         let cfg = config::load(&self.path).map_err(|e| e.to_string())?;
+        if crate::fleet::Fleet::differs(self.state.fleet.as_deref(), &cfg.state) {
+            log::warn!("config reload: `state:` changed; it takes effect at the next restart");
+        }
         let old = self.state.table.load_full();
         let table = build_table(&cfg, Some(&old), &config_dir(&self.path))?;
         self.state.table.store(Arc::new(table));

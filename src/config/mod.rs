@@ -469,6 +469,22 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
         "state.redis_url",
         why,
     );
+    v.check(
+        c.state.lease_fraction > 0.0 && c.state.lease_fraction <= 1.0,
+        "state.lease_fraction",
+        "must be more than 0 and at most 1",
+    );
+    v.check(!c.state.timeout.0.is_zero(), "state.timeout", POSITIVE);
+    v.check(
+        c.server.threads.is_none_or(|t| (1..=256).contains(&t)),
+        "server.threads",
+        "must be between 1 and 256",
+    );
+    v.check(
+        !c.state.sync_interval.0.is_zero(),
+        "state.sync_interval",
+        POSITIVE,
+    );
     v.found
 }
 

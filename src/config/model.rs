@@ -59,6 +59,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Dur,
     pub admin_token: Option<Secret>,
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Worker threads for client traffic (default: the CPUs this process may use, at most 4).
+    pub threads: Option<usize>,
+    /// Whether idle workers steal tasks from busy ones (default: only with more than one
+    /// thread; on one thread it only adds cross-thread wake-ups).
+    pub work_stealing: Option<bool>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +75,8 @@ impl Default for ServerConfig {
             shutdown_grace: Dur::from_secs(30),
             admin_token: None,
             api_keys: Vec::new(),
+            threads: None,
+            work_stealing: None,
         }
     }
 }
@@ -381,8 +388,15 @@ impl Default for TelemetryConfig {
 pub struct StateConfig {
     pub backend: StateBackend,
     pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key, so several fleets can share one Redis.
     pub key_prefix: String,
     pub on_unavailable: OnUnavailable,
+    /// Deadline of every Redis call (all of them run off the request path).
+    pub timeout: Dur,
+    /// How often a replica syncs leases and reads the fleet's breaker and health state.
+    pub sync_interval: Dur,
+    /// The share of what is left of a limit that one replica may lease at once.
+    pub lease_fraction: f64,
 }
 
 impl Default for StateConfig {
@@ -392,6 +406,9 @@ impl Default for StateConfig {
             redis_url: None,
             key_prefix: "llmux".into(),
             on_unavailable: OnUnavailable::Local,
+            timeout: Dur(std::time::Duration::from_millis(100)),
+            sync_interval: Dur(std::time::Duration::from_millis(250)),
+            lease_fraction: 0.05,
         }
     }
 }

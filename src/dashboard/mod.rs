@@ -24,8 +24,8 @@
 //! `LLMUX_DASHBOARD_INTERVAL_MS` overrides the 10 s resolution (10 ms to 60 s; the ring
 //! still has [`SLOTS`] slots); the end-to-end tests use it to fill the ring in seconds.
 
-use crate::budget::Ledger;
-use crate::config::{FreeTier, OnExhausted, Strategy};
+use crate::budget::{Ledger, Metric};
+use crate::config::{OnExhausted, Strategy};
 use crate::health::Endpoint;
 use crate::proxy::GatewayState;
 use crate::routing::RoutingTable;
@@ -776,32 +776,15 @@ fn series_json(out: &mut String, s: &Series, slots: &[usize]) {
     out.push('}');
 }
 
-/// How much of one free-tier quota `key` has used now, from the ledger's public check only
-/// (no write, and no accessor needed in `budget.rs`): `check_free_tier` with a tier holding
-/// just this quota at `l` fails exactly when `used >= l`, so a binary search over
-/// `l in 1..=limit` finds `used` in about log2(limit) checks. Capped at `limit`.
+/// How much of one free-tier quota `key` has used now (the fleet's, when state is shared),
+/// capped at `limit`.
 fn quota_used(ledger: &Ledger, key: &str, what: &str, limit: u64) -> u64 {
-    let tier = |l: u64| FreeTier {
-        requests_per_minute: (what == "requests_per_minute").then_some(l),
-        requests_per_day: (what == "requests_per_day").then_some(l),
-        tokens_per_minute: (what == "tokens_per_minute").then_some(l),
-        on_exhausted: OnExhausted::NextTarget,
+    let metric = match what {
+        "requests_per_minute" => Metric::RequestsPerMinute,
+        "requests_per_day" => Metric::RequestsPerDay,
+        _ => Metric::TokensPerMinute,
     };
-    let room = |l: u64| ledger.check_free_tier(key, &tier(l)).is_ok();
-    if limit == 0 || !room(limit) {
-        return limit;
-    }
-    // room(limit) holds: find the smallest l with room; used = l - 1.
-    let (mut lo, mut hi) = (1, limit);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if room(mid) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    lo - 1
+    ledger.used(key, metric).min(limit)
 }
 
 /// `(model, provider, outcome, count)` rows of `llmux_requests_total` in a Prometheus text

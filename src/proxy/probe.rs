@@ -6,6 +6,7 @@
 
 use super::attempt::{open, read_all, release};
 use super::GatewayState;
+use crate::fleet::ProbeTurn;
 use crate::providers::UpstreamRequest;
 use crate::routing::{RoutingTable, Target};
 use async_trait::async_trait;
@@ -80,9 +81,22 @@ pub async fn probe_all(state: &Arc<GatewayState>, table: &RoutingTable) {
             price: None,
         };
         let state = state.clone();
+        let interval = table.health_interval;
         set.spawn(async move {
+            // With a fleet, one replica probes each endpoint per interval; the others
+            // take its verdict from the shared state sync.
+            let turn = match &state.fleet {
+                Some(fleet) => fleet.probe_turn(&target.endpoint, interval).await,
+                None => ProbeTurn::Alone,
+            };
+            if turn == ProbeTurn::Follow {
+                return;
+            }
             if let Some(ok) = probe_once(&state, &target).await {
                 target.endpoint.record_probe(ok);
+                if let (ProbeTurn::Lead, Some(fleet)) = (turn, &state.fleet) {
+                    fleet.publish_probe(&target.endpoint, ok, interval).await;
+                }
             }
         });
     }
