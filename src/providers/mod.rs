@@ -97,6 +97,11 @@ pub trait Adapter: Send + Sync {
     fn error(&self, status: u16, headers: &http::HeaderMap, body: &[u8]) -> UpstreamFailure;
     /// A request that costs no tokens and tells whether the endpoint answers (model list).
     fn probe_request(&self, model: &str) -> UpstreamRequest;
+    /// Whether the adapter can sign a request now. False only while credentials fetched in
+    /// the background (Bedrock web identity) are missing or expired: `/readyz` waits.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Where a provider lives: scheme, host, port and the base path its API hangs under.

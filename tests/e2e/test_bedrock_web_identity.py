@@ -309,3 +309,41 @@ models:
     r = subprocess.run([BIN, "check", "--config", str(cfg)], env=env, capture_output=True, text=True)
     assert r.returncode == 1
     assert "no AWS credentials" in r.stdout + r.stderr
+
+
+def test_not_ready_until_the_first_credentials_arrive(tmp_path):
+    """A pod must not get traffic it cannot sign: `/readyz` fails while STS has not answered,
+    and a request meanwhile is a retryable 5xx, not a hang."""
+    from conftest import free_port
+
+    bedrock = Mock("--flavor", "bedrock")
+    token_path = tmp_path / "token"
+    token_path.write_text("eyJ.not-yet.sig")
+    cfg = f"""
+server: {{ listen: "{{LISTEN}}" }}
+providers:
+  - {{ name: bedrock, kind: bedrock, base_url: "{bedrock.url}", region: us-east-1 }}
+models:
+  - {{ name: claude, targets: [ {{ provider: bedrock, model: "{MODEL}" }} ] }}
+"""
+    env = {
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_path),
+        "AWS_ROLE_ARN": ROLE_ARN,
+        "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{free_port()}",  # nobody listens
+        "AWS_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK"):
+            mp.delenv(var, raising=False)
+        g = Gateway(cfg, env=env)
+    try:
+        time.sleep(0.5)
+        assert g.request("GET", "/healthz")[0] == 200
+        assert g.request("GET", "/readyz")[0] == 503
+        body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}]}
+        status, _, raw = g.request("POST", "/v1/chat/completions", body)
+        assert status in (502, 503), raw
+        assert converse_log(bedrock) == [], "nothing unsigned was sent"
+    finally:
+        g.stop()
+        bedrock.stop()

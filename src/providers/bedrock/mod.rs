@@ -353,6 +353,15 @@ fn probe_override(method: &str, path: &str) -> (&'static str, String) {
 }
 
 impl Adapter for BedrockAdapter {
+    fn ready(&self) -> bool {
+        match &self.auth {
+            Auth::Bearer(_) => true,
+            Auth::SigV4(slot) => slot
+                .load_full()
+                .is_some_and(|c| !c.expired(SystemTime::now(), EXPIRY_MARGIN)),
+        }
+    }
+
     fn chat_request(
         &self,
         req: &ChatRequest,

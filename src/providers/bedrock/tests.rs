@@ -298,6 +298,7 @@ fn credential_slot_feeds_signing_and_refuses_missing_or_expired_credentials() {
         serde_json::from_value(json!({"name": "br", "kind": "bedrock", "region": "us-east-1"}))
             .unwrap();
     let a = BedrockAdapter::with_credential_slot(&c, &base(), slot.clone()).unwrap();
+    assert!(!a.ready(), "/readyz waits for the first credentials");
     let req = request(json!({"messages": [user("x")]}));
     let now = at("2026-01-01T00:00:00Z");
     let e = a.chat_request_at(&req, NOVA, now).unwrap_err();
@@ -311,6 +312,24 @@ fn credential_slot_feeds_signing_and_refuses_missing_or_expired_credentials() {
         expires_at: Some(at("2026-01-01T01:00:00Z")),
     })));
     assert!(a.chat_request_at(&req, NOVA, now).is_ok());
+    assert!(
+        !a.ready(),
+        "credentials of January 2026 are expired by the wall clock"
+    );
+    let fresh = AwsCredentials {
+        access_key_id: "ASIA2".into(),
+        secret_access_key: "s".into(),
+        session_token: None,
+        expires_at: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)),
+    };
+    slot.store(Some(std::sync::Arc::new(fresh)));
+    assert!(a.ready());
+    slot.store(Some(std::sync::Arc::new(AwsCredentials {
+        access_key_id: "ASIA1".into(),
+        secret_access_key: "s".into(),
+        session_token: Some("t".into()),
+        expires_at: Some(at("2026-01-01T01:00:00Z")),
+    })));
     let late = at("2026-01-01T00:59:30Z");
     assert!(
         a.chat_request_at(&req, NOVA, late).is_err(),
