@@ -165,7 +165,7 @@ struct Meter {
     reseed: bool,
     /// The lease size at the last sync: spending below half of it wakes the sync.
     last_size: i64,
-    /// `health::now_ms` of the last spend, to give back leases nobody uses.
+    /// `health::now_ms` of the last spend (0: never), to give back leases nobody uses.
     last_spend_ms: u64,
     /// `health::now_ms` before which no claim is tried again (after one found the fleet
     /// exhausted), unless there is a debt to settle.
@@ -393,7 +393,7 @@ impl Ledger {
                     let m = &mut meters[metric.slot()];
                     m.roll(metric.period_at(now));
                     m.used += units;
-                    m.last_spend_ms = ms;
+                    m.last_spend_ms = ms.max(1); // 0 means never
                     if shared {
                         m.lease -= units;
                         // Half a lease left (or a debt): time to claim the next one.
@@ -456,7 +456,8 @@ impl Ledger {
             let debt = (-m.lease).max(0) + if m.reseed { m.contributed } else { 0 };
             let size = m.lease_size(*limit, fraction);
             m.last_size = size;
-            let recently_used = ms.saturating_sub(m.last_spend_ms) < IDLE_RELEASE_MS;
+            let recently_used =
+                m.last_spend_ms > 0 && ms.saturating_sub(m.last_spend_ms) < IDLE_RELEASE_MS;
             let op = if m.lease > 0 && !recently_used && !m.reseed {
                 SyncOp::Release { units: m.lease }
             } else if debt > 0 || (recently_used && m.lease * 2 <= size && ms >= m.quiet_until_ms) {
@@ -744,6 +745,16 @@ mod tests {
         let after = store.0[&("provider:g".to_owned(), Metric::RequestsPerDay)];
         assert!(after >= before, "reseeded {after} >= {before}");
         assert!(after <= before + 50 + 1);
+    }
+
+    #[test]
+    fn a_limit_only_checked_claims_nothing() {
+        let l = Ledger::new(0.05);
+        l.set_mode(Mode::Shared);
+        assert!(l.check_free_tier("provider:g", &tier_per_day(100)).is_ok());
+        let limits = vec![("provider:g".to_owned(), Metric::RequestsPerDay, 100)];
+        assert_eq!(l.plan_sync(&limits, 0), vec![]);
+        assert_eq!(l.plan_sync(&limits, 10_000), vec![]);
     }
 
     #[test]
