@@ -10,47 +10,25 @@
 //! OpenAI requests translate (and sign) without panicking into bodies that obey Converse's
 //! rules.
 
+mod common;
+
 use base64::Engine;
 use bytes::BytesMut;
+use common::{
+    check_reasoning, check_text, check_tools, check_usage, seg, text, u, PartGen, RequestStyle,
+    Text, CREATED, U,
+};
 use llmux::config::ProviderConfig;
 use llmux::providers::bedrock::eventstream::{Decoder, HeaderValue};
 use llmux::providers::bedrock::BedrockAdapter;
 use llmux::providers::{Adapter, BaseUrl, StreamTranslator};
-use llmux::types::{ChatRequest, FailureKind, GatewayError};
+use llmux::types::{ChatRequest, FailureKind};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 // ---------------------------------------------------------------------------------------
 // The table
 // ---------------------------------------------------------------------------------------
-
-/// Expected `message.content`.
-enum Text {
-    Exact(&'static str),
-    /// Prefix and total length in characters.
-    Prefix(&'static str, usize),
-    /// `null` (only tool calls).
-    Null,
-}
-
-/// OpenAI usage as §11.2 computes it from the recorded Converse numbers.
-struct U {
-    prompt: u64,
-    completion: u64,
-    cached: u64,
-    cache_write: u64,
-}
-
-const fn u(prompt: u64, completion: u64, cached: u64, cache_write: u64) -> U {
-    U {
-        prompt,
-        completion,
-        cached,
-        cache_write,
-    }
-}
 
 struct Expect {
     content: Text,
@@ -342,9 +320,9 @@ fn system_and_user(r: &Value) -> Value {
 // Harness
 // ---------------------------------------------------------------------------------------
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/bedrock")
-}
+const PROVIDER: &str = "bedrock";
+/// The model alias of the client requests.
+const ALIAS: &str = "chat";
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -365,17 +343,8 @@ fn adapter() -> BedrockAdapter {
     adapter_with(false, false)
 }
 
-fn chat_request(mut v: Value) -> ChatRequest {
-    if v.get("model").is_none() {
-        v["model"] = "chat".into();
-    }
-    serde_json::from_value(v).unwrap()
-}
-
 fn load(id: &str) -> Value {
-    let path = corpus_dir().join(format!("{id}.json"));
-    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
-        .unwrap()
+    common::load(PROVIDER, id)
 }
 
 /// The model id of a recorded request, decoded from its path.
@@ -411,175 +380,18 @@ fn stream_wire(case: &Value) -> Option<Vec<u8>> {
     )
 }
 
-const CREATED: u64 = 1_767_225_600;
 const MODEL: &str = "us.amazon.nova-2-lite-v1:0";
+/// The completion id the stream translator is pinned to.
+const STREAM_ID: &str = "chatcmpl-corpus";
 
 fn translate_stream(req: &ChatRequest, chunks: &[&[u8]]) -> Vec<u8> {
-    let mut t = adapter().translator_with(req, MODEL, CREATED, "chatcmpl-corpus");
-    let mut out = BytesMut::new();
-    for c in chunks {
-        t.feed(c, &mut out).unwrap();
-    }
-    t.finish(&mut out).unwrap();
-    out.to_vec()
+    let mut t = adapter().translator_with(req, MODEL, CREATED, STREAM_ID);
+    common::feed_all(&mut t, chunks)
 }
 
 fn stream_request() -> ChatRequest {
-    chat_request(
-        json!({"messages": [{"role": "user", "content": "x"}], "stream": true, "stream_options": {"include_usage": true}}),
-    )
+    common::chat_request(common::streamed_question(true), ALIAS)
 }
-
-/// What a client reassembles from a chunk stream, checking the chunk rules on the way.
-struct Assembled {
-    content: Option<String>,
-    reasoning: Option<String>,
-    tools: Vec<(String, String, String)>,
-    finish: String,
-    usage: Value,
-}
-
-fn assemble(out: &[u8]) -> Assembled {
-    let text = std::str::from_utf8(out).unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "ends with [DONE]");
-    assert_eq!(
-        text.matches("data: [DONE]").count(),
-        1,
-        "exactly one [DONE]"
-    );
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e.strip_prefix("data: ").expect("data events only")).unwrap())
-        .collect();
-    assert_eq!(
-        chunks[0]["choices"][0]["delta"],
-        json!({"role": "assistant", "content": ""}),
-        "role first"
-    );
-    let (mut content, mut reasoning) = (String::new(), String::new());
-    let mut tools: Vec<(String, String, String)> = Vec::new();
-    let mut finish = None;
-    let mut usage = Value::Null;
-    for (k, c) in chunks.iter().enumerate() {
-        assert_eq!(c["object"], "chat.completion.chunk");
-        assert_eq!(
-            (&c["id"], &c["model"], &c["created"]),
-            (&json!("chatcmpl-corpus"), &json!(MODEL), &json!(CREATED))
-        );
-        if c["choices"] == json!([]) {
-            assert_eq!(k, chunks.len() - 1, "the usage chunk is last");
-            usage = c["usage"].clone();
-            continue;
-        }
-        assert!(finish.is_none(), "nothing after the finish chunk but usage");
-        let choice = &c["choices"][0];
-        let delta = &choice["delta"];
-        if let Some(f) = choice["finish_reason"].as_str() {
-            assert_eq!(*delta, json!({}), "finish chunk has an empty delta");
-            finish = Some(f.to_owned());
-        }
-        content.push_str(delta["content"].as_str().unwrap_or(""));
-        reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or(""));
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let index = call["index"].as_u64().unwrap() as usize;
-            if let Some(id) = call["id"].as_str() {
-                assert_eq!(index, tools.len(), "tool indexes count up from 0");
-                assert_eq!(call["type"], "function");
-                assert_eq!(
-                    call["function"]["arguments"], "",
-                    "first delta has no arguments"
-                );
-                tools.push((
-                    id.to_owned(),
-                    call["function"]["name"].as_str().unwrap().to_owned(),
-                    String::new(),
-                ));
-            } else {
-                assert!(call.get("type").is_none() && call["function"].get("name").is_none());
-                tools[index]
-                    .2
-                    .push_str(call["function"]["arguments"].as_str().unwrap());
-            }
-        }
-    }
-    Assembled {
-        content: (!content.is_empty()).then_some(content),
-        reasoning: (!reasoning.is_empty()).then_some(reasoning),
-        tools,
-        finish: finish.expect("a finish chunk"),
-        usage,
-    }
-}
-
-fn check_text(id: &str, what: &str, got: Option<&str>, want: &Text) {
-    match want {
-        Text::Exact(t) => assert_eq!(got, Some(*t), "{id}: {what}"),
-        Text::Prefix(p, n) => {
-            let got = got.unwrap_or_else(|| panic!("{id}: {what} missing"));
-            assert!(
-                got.starts_with(p),
-                "{id}: {what} starts {:?}",
-                &got[..got.len().min(80)]
-            );
-            assert_eq!(got.chars().count(), *n, "{id}: {what} length");
-        }
-        Text::Null => assert_eq!(got, None, "{id}: {what}"),
-    }
-}
-
-fn check_reasoning(id: &str, got: Option<&str>, want: Option<(&'static str, usize)>) {
-    match want {
-        Some((p, n)) => check_text(id, "reasoning_content", got, &Text::Prefix(p, n)),
-        None => assert_eq!(got, None, "{id}: no reasoning_content"),
-    }
-}
-
-fn check_usage(id: &str, usage: &Value, want: &U) {
-    let n = |p: &str| usage.pointer(p).and_then(Value::as_u64);
-    assert_eq!(
-        n("/prompt_tokens"),
-        Some(want.prompt),
-        "{id}: prompt_tokens"
-    );
-    assert_eq!(
-        n("/completion_tokens"),
-        Some(want.completion),
-        "{id}: completion_tokens"
-    );
-    assert_eq!(
-        n("/total_tokens"),
-        Some(want.prompt + want.completion),
-        "{id}: total_tokens"
-    );
-    assert_eq!(
-        n("/prompt_tokens_details/cached_tokens"),
-        Some(want.cached),
-        "{id}: cached_tokens"
-    );
-    assert_eq!(
-        n("/prompt_tokens_details/cache_write_tokens").unwrap_or(0),
-        want.cache_write,
-        "{id}: cache_write_tokens"
-    );
-}
-
-fn check_tools(id: &str, got: &[(String, String, String)], want: &[(&str, &str, &str)]) {
-    assert_eq!(got.len(), want.len(), "{id}: tool call count");
-    for (g, w) in got.iter().zip(want) {
-        assert_eq!(
-            (g.0.as_str(), g.1.as_str()),
-            (w.0, w.1),
-            "{id}: tool id/name"
-        );
-        let (g, w): (Value, Value) = (
-            serde_json::from_str(&g.2).unwrap(),
-            serde_json::from_str(w.2).unwrap(),
-        );
-        assert_eq!(g, w, "{id}: tool arguments (parsed JSON)");
-    }
-}
-
 /// The recorded decoding and ours agree frame for frame (headers and JSON payload).
 fn check_decoding(id: &str, case: &Value, wire: &[u8]) {
     let mut d = Decoder::default();
@@ -611,7 +423,12 @@ fn check_answer(id: &str, case: &Value, want: &Expect) {
     if let Some(wire) = stream_wire(case) {
         check_decoding(id, case, &wire);
         let req = stream_request();
-        let got = assemble(&translate_stream(&req, &[&wire]));
+        let got = common::assemble(&translate_stream(&req, &[&wire]));
+        assert_eq!(
+            (got.id.as_str(), got.model.as_str()),
+            (STREAM_ID, MODEL),
+            "{id}: id/model"
+        );
         check_text(id, "content", got.content.as_deref(), &want.content);
         check_reasoning(id, got.reasoning.as_deref(), want.reasoning);
         check_tools(id, &got.tools, want.tools);
@@ -627,7 +444,7 @@ fn check_answer(id: &str, case: &Value, want: &Expect) {
         );
     } else {
         let body = serde_json::to_vec(&resp["body"]).unwrap();
-        let req = chat_request(json!({"messages": [{"role": "user", "content": "x"}]}));
+        let req = common::chat_request(common::question(), ALIAS);
         let model = recorded_model(case);
         let t = adapter().chat_response(&req, &model, &body).unwrap();
         let out: Value = serde_json::from_slice(&t.body).unwrap();
@@ -637,17 +454,7 @@ fn check_answer(id: &str, case: &Value, want: &Expect) {
         assert_eq!(msg["role"], "assistant");
         check_text(id, "content", msg["content"].as_str(), &want.content);
         check_reasoning(id, msg["reasoning_content"].as_str(), want.reasoning);
-        let tools: Vec<(String, String, String)> = msg["tool_calls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                assert_eq!(c["type"], "function");
-                let s = |p: &str| c.pointer(p).and_then(Value::as_str).unwrap().to_owned();
-                (s("/id"), s("/function/name"), s("/function/arguments"))
-            })
-            .collect();
-        check_tools(id, &tools, want.tools);
+        check_tools(id, &common::message_tool_calls(msg), want.tools);
         assert_eq!(
             out["choices"][0]["finish_reason"], want.finish,
             "{id}: finish_reason"
@@ -668,42 +475,14 @@ fn check_answer(id: &str, case: &Value, want: &Expect) {
 }
 
 fn check_error(id: &str, case: &Value, upstream: u16, client: u16, code: &str, kind: &str) {
-    let resp = &case["response"];
-    assert_eq!(resp["status"], upstream, "{id}: recorded status");
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in resp["headers"].as_object().unwrap() {
-        headers.insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.as_str().unwrap().parse().unwrap(),
-        );
-    }
-    let f = adapter().error(
-        upstream,
-        &headers,
-        &serde_json::to_vec(&resp["body"]).unwrap(),
-    );
-    assert_eq!(f.kind, FailureKind::Status(upstream), "{id}");
+    let f = common::replay_error(id, case, &adapter(), upstream, "/message");
     assert_eq!(
         (f.code(), f.error_type()),
         (Some(code), Some(kind)),
         "{id}: code/type"
     );
-    assert!(
-        f.message
-            .contains(resp["body"]["message"].as_str().unwrap()),
-        "{id}: message kept"
-    );
-    let client_error = GatewayError::Upstream {
-        failure: f,
-        attempts: 1,
-    };
-    assert_eq!(
-        (client_error.status(), client_error.code().as_str()),
-        (client, code),
-        "{id}: what the client sees"
-    );
+    common::assert_client_sees(id, f, client, code);
 }
-
 /// The fields of a Converse body that carry meaning, in a comparable form: empty
 /// `inferenceConfig`/`system` and the default `toolChoice: auto` removed, `toolResult`'s
 /// default `status: success` removed, whitespace-only text blocks left out (llmux never sends
@@ -766,7 +545,7 @@ fn check_request(
     if stream {
         openai["stream"] = true.into();
     }
-    let req = chat_request(openai);
+    let req = common::chat_request(openai, ALIAS);
     let model = recorded_model(case);
     let up = adapter_with(auto_cache, false)
         .chat_request(&req, &model)
@@ -783,32 +562,15 @@ fn check_request(
     );
     let sent: Value = serde_json::from_slice(&up.body).unwrap();
     let (mut got, mut want) = (essentials(&sent), essentials(&recorded));
-    for (field, why) in differs {
-        assert!(!why.is_empty());
-        got.as_object_mut().unwrap().remove(*field);
-        want.as_object_mut().unwrap().remove(*field);
-    }
-    assert_eq!(
-        got,
-        want,
-        "{id}: translated request\n got: {}\nwant: {}",
-        serde_json::to_string_pretty(&got).unwrap(),
-        serde_json::to_string_pretty(&want).unwrap()
-    );
+    common::drop_differing(&mut got, &mut want, differs);
+    common::assert_same_request(id, &got, &want);
 }
 
 #[test]
 fn every_corpus_file_is_replayed_or_listed() {
     let table = cases();
-    let mut ids = BTreeSet::new();
-    for c in &table {
-        assert!(ids.insert(c.id), "duplicate table entry {}", c.id);
-    }
-    let mut files: Vec<String> = std::fs::read_dir(corpus_dir())
-        .expect("the corpus is read in place from ../shared/corpus")
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    files.sort();
+    common::assert_unique_ids(table.iter().map(|c| c.id));
+    let files = common::corpus_files(&common::corpus_dir(PROVIDER));
     let (mut responses, mut requests, mut skipped) = (0, 0, Vec::new());
     for file in &files {
         let id = file
@@ -855,10 +617,7 @@ fn every_corpus_file_is_replayed_or_listed() {
 // ---------------------------------------------------------------------------------------
 
 fn recorded_streams() -> Vec<(String, Vec<u8>)> {
-    cases()
-        .iter()
-        .filter_map(|c| stream_wire(&load(c.id)).map(|w| (c.id.to_owned(), w)))
-        .collect()
+    common::streams_of(cases().iter().map(|c| c.id), |id| stream_wire(&load(id)))
 }
 
 #[test]
@@ -919,53 +678,9 @@ proptest! {
         let (id, wire) = &streams[pick.index(streams.len())];
         let req = stream_request();
         let whole = translate_stream(&req, &[wire]);
-        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
-        points.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut last = 0;
-        for p in points {
-            pieces.push(&wire[last..p]);
-            last = p;
-        }
-        pieces.push(&wire[last..]);
+        let pieces = common::split_at_cuts(wire, &cuts);
         prop_assert_eq!(translate_stream(&req, &pieces), whole, "{}", id);
     }
-}
-
-/// One step of a generated conversation.
-#[derive(Debug, Clone)]
-enum Seg {
-    System(&'static str),
-    Developer(&'static str),
-    User(Vec<PartGen>),
-    UserText(&'static str),
-    Assistant(Option<&'static str>),
-    /// Tool calls (count, argument style, how results come back).
-    Calls(Option<&'static str>, usize, u8, u8),
-    OrphanTool,
-}
-
-#[derive(Debug, Clone)]
-enum PartGen {
-    Text(&'static str, bool),
-    Image(u8),
-    File(u8),
-    Audio,
-}
-
-const TEXTS: &[&str] = &[
-    "",
-    " ",
-    "\n\t",
-    "hello",
-    "  padded  ",
-    "日本語のテキスト",
-    "trailing \n",
-    "{\"json\": true}",
-];
-
-fn text() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(TEXTS)
 }
 
 fn part() -> impl Strategy<Value = PartGen> {
@@ -977,168 +692,41 @@ fn part() -> impl Strategy<Value = PartGen> {
     ]
 }
 
-fn seg() -> impl Strategy<Value = Seg> {
-    prop_oneof![
-        6 => text().prop_map(Seg::System),
-        4 => text().prop_map(Seg::Developer),
-        12 => prop::collection::vec(part(), 0..4).prop_map(Seg::User),
-        16 => text().prop_map(Seg::UserText),
-        10 => prop::option::of(text()).prop_map(Seg::Assistant),
-        16 => (prop::option::of(text()), 1usize..4, 0u8..24, 0u8..24).prop_map(|(c, n, a, r)| Seg::Calls(c, n, a, r)),
-        1 => Just(Seg::OrphanTool),
-    ]
-}
-
-fn build_messages(segs: &[Seg]) -> Vec<Value> {
-    let mut out = Vec::new();
-    for (i, s) in segs.iter().enumerate() {
-        match s {
-            Seg::System(t) => out.push(json!({"role": "system", "content": t})),
-            Seg::Developer(t) => {
-                out.push(json!({"role": "developer", "content": [{"type": "text", "text": t, "cache_control": {"type": "ephemeral"}}]}))
-            }
-            Seg::UserText(t) => out.push(json!({"role": "user", "content": t})),
-            Seg::User(parts) => {
-                let parts: Vec<Value> = parts
-                    .iter()
-                    .map(|p| match p {
-                        PartGen::Text(t, true) => json!({"type": "text", "text": t, "cache_control": {"type": "ephemeral"}}),
-                        PartGen::Text(t, false) => json!({"type": "text", "text": t}),
-                        PartGen::Image(k) => {
-                            let url = match k {
-                                0..=4 => "data:image/png;base64,iVBORw0KGgo=",
-                                5 => "https://example.com/a.jpg",
-                                6 => "data:image/webp;base64,UklGR==",
-                                7 => "data:image/svg+xml;base64,PHN2Zz4=",
-                                8 => "ftp://nope",
-                                _ => "data:image/gif,raw",
-                            };
-                            json!({"type": "image_url", "image_url": {"url": url, "detail": "low"}})
-                        }
-                        PartGen::File(k) => match k {
-                            0 => json!({"type": "file", "file": {"filename": "a b.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}),
-                            1 => json!({"type": "file", "file": {"file_data": "data:text/csv;base64,YSxi"}}),
-                            2 => json!({"type": "file", "file": {"file_id": "file-1"}}),
-                            _ => json!({"type": "file", "file": {"file_data": "data:application/zip;base64,UEs="}}),
-                        },
-                        PartGen::Audio => json!({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}),
-                    })
-                    .collect();
-                out.push(json!({"role": "user", "content": parts}));
-            }
-            Seg::Assistant(t) => out.push(json!({"role": "assistant", "content": t})),
-            Seg::Calls(content, n, args, results) => {
-                let ids: Vec<String> = (0..*n)
-                    .map(|k| match args % 4 {
-                        0 => format!("call.{i}:{k}"),
-                        1 => format!("call_{i}_{k}_{}", "x".repeat(70)),
-                        _ => format!("call_{i}_{k}"),
-                    })
-                    .collect();
-                let calls: Vec<Value> = ids
-                    .iter()
-                    .enumerate()
-                    .map(|(k, id)| {
-                        let arguments = match (args, k) {
-                            (23, 0) => "{\"broken\": ".to_owned(),
-                            (22, _) => String::new(),
-                            _ => format!("{{\"k\": {k}, \"s\": \"x\"}}"),
-                        };
-                        json!({"id": id, "type": "function", "function": {"name": if k % 2 == 0 { "f" } else { "g" }, "arguments": arguments}})
-                    })
-                    .collect();
-                out.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
-                let tool = |id: &String| json!({"role": "tool", "tool_call_id": id, "content": if id.len().is_multiple_of(2) { json!("result") } else { json!("") }});
-                match results {
-                    0..=14 => out.extend(ids.iter().map(tool)),
-                    15..=17 => out.extend(ids.iter().rev().map(tool)),
-                    18..=20 => {
-                        out.push(json!({"role": "user", "content": "also this"}));
-                        out.extend(ids.iter().map(tool));
-                    }
-                    21 => out.extend(ids.iter().skip(1).map(tool)),
-                    22 => {
-                        out.extend(ids.iter().map(tool));
-                        out.push(tool(&ids[0]));
-                    }
-                    _ => {}
-                }
-            }
-            Seg::OrphanTool => {
-                out.push(json!({"role": "tool", "tool_call_id": "call_nobody", "content": "x"}))
-            }
-        }
-    }
-    out
-}
-
-#[derive(Debug, Clone)]
-struct Params {
-    tools: u8,
-    tool_choice: u8,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    max_tokens: Option<u64>,
-    n: Option<u32>,
-    seed: bool,
-    stop: u8,
-    parallel: Option<bool>,
-    format: u8,
-    effort: u8,
-    stream: bool,
-    drop: bool,
-    model: u8,
-    tier: u8,
-}
-
-fn params() -> impl Strategy<Value = Params> {
-    (
-        (
-            0u8..4,
-            prop_oneof![8 => 0u8..5, 1 => 5u8..7],
-            prop::option::of(0.0f64..2.0),
-            prop::option::of(0.0f64..1.0),
-            prop::option::of(prop_oneof![Just(0u64), Just(1), Just(900), 1u64..20_000]),
-        ),
-        (
-            prop::option::weighted(0.15, 1u32..3),
-            prop::bool::weighted(0.1),
-            0u8..4,
-            prop::option::of(any::<bool>()),
-        ),
-        (
-            0u8..4,
-            prop_oneof![6 => 0u8..4, 1 => 4u8..6],
-            any::<bool>(),
-            any::<bool>(),
-            0u8..4,
-            0u8..5,
-        ),
+fn params() -> impl Strategy<Value = common::Params> {
+    common::params(
+        prop_oneof![Just(0u64), Just(1), Just(900), 1u64..20_000],
+        0u8..MODELS.len() as u8,
+        0u8..5,
     )
-        .prop_map(
-            |(
-                (tools, tool_choice, temperature, top_p, max_tokens),
-                (n, seed, stop, parallel),
-                (format, effort, stream, drop, model, tier),
-            )| Params {
-                tools,
-                tool_choice,
-                temperature,
-                top_p,
-                max_tokens,
-                n,
-                seed,
-                stop,
-                parallel,
-                format,
-                effort,
-                stream,
-                drop,
-                model,
-                tier,
-            },
-        )
 }
+
+/// Generated requests for Bedrock: cache marks on the developer message and a tool too,
+/// image formats Converse takes and refuses, tool call ids with characters it refuses or
+/// over its length limit, and empty tool results.
+const STYLE: RequestStyle = RequestStyle {
+    model: ALIAS,
+    cache_marks: true,
+    image_url: |k| match k {
+        0..=4 => "data:image/png;base64,iVBORw0KGgo=",
+        5 => "https://example.com/a.jpg",
+        6 => "data:image/webp;base64,UklGR==",
+        7 => "data:image/svg+xml;base64,PHN2Zz4=",
+        8 => "ftp://nope",
+        _ => "data:image/gif,raw",
+    },
+    call_id: |i, k, args| match args % 4 {
+        0 => format!("call.{i}:{k}"),
+        1 => format!("call_{i}_{k}_{}", "x".repeat(70)),
+        _ => format!("call_{i}_{k}"),
+    },
+    tool_result: |id| {
+        if id.len().is_multiple_of(2) {
+            json!("result")
+        } else {
+            json!("")
+        }
+    },
+};
 
 const MODELS: [&str; 4] = [
     "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
@@ -1146,93 +734,6 @@ const MODELS: [&str; 4] = [
     "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc",
     "openai.gpt-oss-120b-1:0",
 ];
-
-fn build_request(segs: &[Seg], p: &Params) -> Value {
-    let mut r = json!({"model": "chat", "messages": build_messages(segs)});
-    let names = ["f", "g", "h"];
-    if p.tools > 0 {
-        r["tools"] = (0..p.tools as usize)
-            .map(|k| {
-                let mut t = json!({"type": "function", "function": {"name": names[k], "description": "d",
-                "parameters": {"type": "object", "properties": {"k": {"type": "integer", "minimum": 0}}}, "strict": k == 1}});
-                if k == 2 {
-                    t["cache_control"] = json!({"type": "ephemeral"});
-                }
-                t
-            })
-            .collect();
-    }
-    let choice = match p.tool_choice {
-        0 => Value::Null,
-        1 => json!("auto"),
-        2 => json!("none"),
-        3 => json!("required"),
-        4 => json!({"type": "function", "function": {"name": "f"}}),
-        5 => json!({"type": "function", "function": {"name": "zzz"}}),
-        _ => json!({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}),
-    };
-    if !choice.is_null() {
-        r["tool_choice"] = choice;
-    }
-    let set = |r: &mut Value, k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            r[k] = v;
-        }
-    };
-    set(&mut r, "temperature", p.temperature.map(Value::from));
-    set(&mut r, "top_p", p.top_p.map(Value::from));
-    set(
-        &mut r,
-        "max_completion_tokens",
-        p.max_tokens.map(Value::from),
-    );
-    set(&mut r, "n", p.n.map(Value::from));
-    set(&mut r, "seed", p.seed.then(|| json!(42)));
-    set(
-        &mut r,
-        "stop",
-        [
-            None,
-            Some(json!("END")),
-            Some(json!(["a", ""])),
-            Some(json!([])),
-        ][p.stop as usize]
-            .clone(),
-    );
-    set(&mut r, "parallel_tool_calls", p.parallel.map(Value::from));
-    set(&mut r, "response_format", [None, Some(json!({"type": "text"})), Some(json!({"type": "json_object"})),
-        Some(json!({"type": "json_schema", "json_schema": {"name": "A", "schema": {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}}}))][p.format as usize].clone());
-    set(
-        &mut r,
-        "reasoning_effort",
-        [
-            None,
-            Some("none"),
-            Some("low"),
-            Some("high"),
-            Some("bogus"),
-            Some("max"),
-        ][p.effort as usize]
-            .map(Value::from),
-    );
-    set(
-        &mut r,
-        "service_tier",
-        [
-            None,
-            Some("auto"),
-            Some("flex"),
-            Some("priority"),
-            Some("scale"),
-        ][p.tier as usize]
-            .map(Value::from),
-    );
-    if p.stream {
-        r["stream"] = true.into();
-        r["stream_options"] = json!({"include_usage": true});
-    }
-    r
-}
 
 fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -1468,10 +969,10 @@ proptest! {
 
     #[test]
     fn random_requests_never_panic_and_obey_converse_rules(
-        segs in prop::collection::vec(seg(), 0..10),
+        segs in prop::collection::vec(seg(part()), 0..10),
         p in params(),
     ) {
-        let raw = build_request(&segs, &p);
+        let raw = common::build_request(&segs, &p, &STYLE);
         let req: ChatRequest = serde_json::from_value(raw.clone()).unwrap();
         let a = adapter_with(p.stream, p.drop);
         let model = MODELS[p.model as usize];

@@ -4,15 +4,15 @@
 //! request was recorded — that an equivalent OpenAI request translates to a body with the
 //! recorded essentials. Every file must appear in [`cases`]; deliberate gaps say why.
 
-use bytes::BytesMut;
+mod common;
+
 use llmux::config::ProviderConfig;
 use llmux::providers::gemini::{decode_tool_call_id, encode_tool_call_id, GeminiAdapter};
 use llmux::providers::{Adapter, BaseUrl};
-use llmux::types::{ChatRequest, FailureKind, GatewayError};
+use llmux::types::{FailureKind, GatewayError};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 // ---------------------------------------------------------------------------------------
 // The table
@@ -438,14 +438,12 @@ const LASAGNA: &str = r#"{"recipe": {
 // Corpus access
 // ---------------------------------------------------------------------------------------
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/gemini")
-}
+const PROVIDER: &str = "gemini";
+/// The model alias of the client requests.
+const ALIAS: &str = "m";
 
 fn load(id: &str) -> Value {
-    let path = corpus_dir().join(format!("{id}.json"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    serde_json::from_slice(&bytes).unwrap()
+    common::load(PROVIDER, id)
 }
 
 /// The recorded stream bytes: the byte-exact `.sse` sibling, `body_text`, or (vercel) the
@@ -453,7 +451,7 @@ fn load(id: &str) -> Value {
 fn stream_wire(case: &Value) -> Option<Vec<u8>> {
     let resp = &case["response"];
     if let Some(file) = resp["sse_file"].as_str() {
-        return Some(std::fs::read(corpus_dir().join(file)).unwrap());
+        return Some(std::fs::read(common::corpus_dir(PROVIDER).join(file)).unwrap());
     }
     if let Some(chunks) = resp["chunks"].as_array() {
         let mut wire = Vec::new();
@@ -493,10 +491,6 @@ fn provider_cfg(extra: Option<Value>) -> ProviderConfig {
 fn adapter(extra: Option<Value>) -> GeminiAdapter {
     let base = BaseUrl::parse("https://generativelanguage.googleapis.com/v1beta").unwrap();
     GeminiAdapter::new(&provider_cfg(extra), &base).unwrap()
-}
-
-fn chat(v: Value) -> ChatRequest {
-    serde_json::from_value(v).unwrap()
 }
 
 /// The model of a recorded request (`.../models/{m}:verb`), or a stand-in.
@@ -671,7 +665,7 @@ fn check_request(id: &str, case: &Value, c: &Case) -> Result<(), String> {
         return Ok(());
     };
     let recorded = &case["request"]["body"];
-    let req = chat(openai(recorded));
+    let req = common::chat_request(openai(recorded), ALIAS);
     let model = recorded_model(case);
     let a = adapter(c.provider.map(|f| f()));
     let up = a
@@ -802,17 +796,10 @@ fn seen_from_stream(id: &str, sse: &str) -> Result<Seen, String> {
 }
 
 fn run_stream(a: &GeminiAdapter, pieces: &[&[u8]]) -> Result<String, String> {
-    let req = chat(
-        json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
-        "stream": true, "stream_options": {"include_usage": true}}),
-    );
+    let req = common::chat_request(common::streamed_question(true), ALIAS);
     let mut t = a.stream_translator(&req, "gemini-test");
-    let mut out = BytesMut::new();
-    for p in pieces {
-        t.feed(p, &mut out).map_err(|f| f.message)?;
-    }
-    t.finish(&mut out).map_err(|f| f.message)?;
-    Ok(String::from_utf8(out.to_vec()).unwrap())
+    let out = common::try_feed_all(&mut *t, pieces).map_err(|f| f.message)?;
+    Ok(String::from_utf8(out).unwrap())
 }
 
 /// `created` comes from the clock; everything else must be byte-identical.
@@ -913,7 +900,7 @@ fn check_response(id: &str, case: &Value, c: &Case) -> Result<(), String> {
     let a = adapter(c.provider.map(|f| f()));
     let status = case["response"]["status"].as_u64().unwrap_or(200) as u16;
     let body_bytes = || case["response"]["body"].to_string().into_bytes();
-    let req = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
+    let req = common::chat_request(common::question(), ALIAS);
     match &c.response {
         Response::Error {
             status: want,
@@ -980,15 +967,13 @@ fn check_response(id: &str, case: &Value, c: &Case) -> Result<(), String> {
 
 #[test]
 fn every_corpus_file_is_in_the_table() {
-    let on_disk: BTreeSet<String> = std::fs::read_dir(corpus_dir())
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_suffix(".json").map(str::to_owned)
-        })
+    let files = common::corpus_files(&common::corpus_dir(PROVIDER));
+    let on_disk: BTreeSet<String> = files
+        .iter()
+        .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))
         .collect();
+    common::assert_unique_ids(cases().iter().map(|c| c.id));
     let listed: BTreeSet<String> = cases().iter().map(|c| c.id.to_owned()).collect();
-    assert_eq!(listed.len(), cases().len(), "duplicate ids in the table");
     let missing: Vec<_> = on_disk.difference(&listed).collect();
     let stale: Vec<_> = listed.difference(&on_disk).collect();
     assert!(
@@ -1000,8 +985,7 @@ fn every_corpus_file_is_in_the_table() {
         "table rows without a corpus file: {stale:?}"
     );
     // Every `.sse` file belongs to a case.
-    for e in std::fs::read_dir(corpus_dir()).unwrap() {
-        let name = e.unwrap().file_name().into_string().unwrap();
+    for name in &files {
         if let Some(stem) = name.strip_suffix(".sse") {
             assert!(listed.contains(stem), "{name} has no case");
         }
@@ -1045,11 +1029,8 @@ fn recorded_requests_have_their_essentials() {
 }
 
 /// Recorded streams, for the split property.
-fn recorded_streams() -> Vec<(&'static str, Vec<u8>)> {
-    cases()
-        .iter()
-        .filter_map(|c| stream_wire(&load(c.id)).map(|w| (c.id, w)))
-        .collect()
+fn recorded_streams() -> Vec<(String, Vec<u8>)> {
+    common::streams_of(cases().iter().map(|c| c.id), |id| stream_wire(&load(id)))
 }
 
 proptest! {
@@ -1066,15 +1047,7 @@ proptest! {
         let (id, wire) = &streams[which];
         let a = adapter(None);
         let whole = without_created(&run_stream(&a, &[wire]).unwrap());
-        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
-        points.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        for p in points {
-            pieces.push(&wire[start..p]);
-            start = p;
-        }
-        pieces.push(&wire[start..]);
+        let pieces = common::split_at_cuts(wire, &cuts);
         let split = without_created(&run_stream(&a, &pieces).unwrap());
         prop_assert_eq!(whole, split, "{}", id);
     }

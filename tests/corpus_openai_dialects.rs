@@ -9,30 +9,22 @@
 //!
 //! Property tests: any split of a recorded stream gives byte-identical output.
 
+mod common;
+
 use bytes::BytesMut;
+use common::{check_text, check_tools, Text};
 use llmux::config::ProviderConfig;
 use llmux::providers::openai::dialect::{is_mistral_id, mistral_tool_call_id};
 use llmux::providers::openai::{Dialect, OpenAiAdapter};
 use llmux::providers::{Adapter, BaseUrl};
-use llmux::types::{ChatRequest, FailureKind, GatewayError};
+use llmux::types::ChatRequest;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 // ---------------------------------------------------------------------------------------
 // The table
 // ---------------------------------------------------------------------------------------
-
-/// Expected text (`content`, `reasoning_content`, or a server's own `reasoning`).
-#[derive(Clone, Copy)]
-enum Text {
-    Exact(&'static str),
-    /// Prefix and total length in characters.
-    Prefix(&'static str, usize),
-    /// `null` or absent.
-    None,
-}
 
 /// OpenAI usage after the adapter: prompt, completion, total, `cached_tokens`.
 struct U(u64, u64, u64, Option<u64>);
@@ -80,7 +72,7 @@ const fn answer(content: Text, reasoning_content: Text, finish: &'static str, us
     Expect {
         content,
         reasoning_content,
-        reasoning: Text::None,
+        reasoning: Text::Null,
         tools: &[],
         finish,
         usage,
@@ -106,12 +98,12 @@ fn cases() -> Vec<Case> {
         // --- mistral -----------------------------------------------------------------
         Case {
             id: "pai-test_mistral_history_uses_prompt_cache__0",
-            outcome: Answer(answer(Exact("cache probe one."), Text::None, "stop", U(253, 5, 258, Some(0)))),
+            outcome: Answer(answer(Exact("cache probe one."), Text::Null, "stop", U(253, 5, 258, Some(0)))),
             request: Check(None),
         },
         Case {
             id: "pai-test_mistral_history_uses_prompt_cache__1",
-            outcome: Answer(answer(Exact("cache probe two."), Text::None, "stop", U(268, 5, 273, Some(224)))),
+            outcome: Answer(answer(Exact("cache probe two."), Text::Null, "stop", U(268, 5, 273, Some(224)))),
             request: Check(None),
         },
         Case {
@@ -141,7 +133,7 @@ fn cases() -> Vec<Case> {
             id: "pai-test_model_sees_multiple_images_mistral__1",
             outcome: Answer(Expect {
                 rewritten: true,
-                ..answer(Exact("Kiwi"), Text::None, "stop", U(781, 3, 784, Some(0)))
+                ..answer(Exact("Kiwi"), Text::Null, "stop", U(781, 3, 784, Some(0)))
             }),
             request: Check(Some((
                 drop_empty_assistant_content,
@@ -163,7 +155,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             id: "pai-test_stop_settings_mistral",
-            outcome: Answer(answer(Exact("The capital of France is "), Text::None, "stop", U(28, 6, 34, None))),
+            outcome: Answer(answer(Exact("The capital of France is "), Text::Null, "stop", U(28, 6, 34, None))),
             request: Check(None),
         },
         Case {
@@ -174,7 +166,7 @@ fn cases() -> Vec<Case> {
                     "webSearchTool",
                     r#"{"query": "current Berlin weather"}"#,
                 )],
-                ..answer(Text::None, Text::None, "tool_calls", U(171, 14, 185, Some(128)))
+                ..answer(Text::Null, Text::Null, "tool_calls", U(171, 14, 185, Some(128)))
             }),
             request: NotRecorded,
         },
@@ -278,7 +270,7 @@ fn cases() -> Vec<Case> {
                     r#"{"location":"San Francisco"}"#,
                 )],
                 ..answer(
-                    Text::None,
+                    Text::Null,
                     Prefix("The user is asking for the weather in Sa", 191),
                     "tool_calls",
                     U(339, 83, 422, Some(320)),
@@ -291,7 +283,7 @@ fn cases() -> Vec<Case> {
             id: "pai-test_cerebras_thinking_part_survives_multiturn__1",
             outcome: Answer(Expect {
                 reasoning: Prefix("User asks \"Now add 3 to that.\"", 73),
-                ..answer(Exact("\\(4 + 3 = 7\\)."), Text::None, "stop", U(98, 47, 145, Some(0)))
+                ..answer(Exact("\\(4 + 3 = 7\\)."), Text::Null, "stop", U(98, 47, 145, Some(0)))
             }),
             request: Check(None),
         },
@@ -301,7 +293,7 @@ fn cases() -> Vec<Case> {
                 reasoning: Prefix("1.  **Identify the core entity", 844),
                 ..answer(
                     Exact("{ \"city\": \"Paris\", \"country\": \"France\" }"),
-                    Text::None,
+                    Text::Null,
                     "stop",
                     U(20, 233, 253, Some(0)),
                 )
@@ -314,7 +306,7 @@ fn cases() -> Vec<Case> {
                 reasoning: Prefix("The weather in Paris is sunny ", 80),
                 ..answer(
                     Prefix("The weather in Paris is currently **sunn", 114),
-                    Text::None,
+                    Text::Null,
                     "stop",
                     U(214, 54, 268, Some(64)),
                 )
@@ -327,7 +319,7 @@ fn cases() -> Vec<Case> {
                 reasoning: Prefix("The user asks: \"What is the la", 319),
                 ..answer(
                     Exact("{\"city\":\"Mexico City\",\"country\":\"Mexico\"}"),
-                    Text::None,
+                    Text::Null,
                     "stop",
                     U(178, 94, 272, None),
                 )
@@ -338,7 +330,7 @@ fn cases() -> Vec<Case> {
             id: "pai-test_image_url_input__",
             outcome: Answer(answer(
                 Prefix("Hello! How can I assist you with the ima", 122),
-                Text::None,
+                Text::Null,
                 "stop",
                 U(269, 27, 296, None),
             )),
@@ -355,7 +347,7 @@ fn cases() -> Vec<Case> {
                 reasoning: Exact("**Assessing dummy PDF file**"),
                 ..answer(
                     Exact("The PDF appears to be a dummy placeholder file."),
-                    Text::None,
+                    Text::Null,
                     "stop",
                     U(31, 80, 111, Some(0)),
                 )
@@ -366,7 +358,7 @@ fn cases() -> Vec<Case> {
             id: "pai-test_stop_settings_groq",
             outcome: Answer(answer(
                 Prefix("Bien sûr!\n\nThe lovely city that is the c", 60),
-                Text::None,
+                Text::Null,
                 "stop",
                 U(35, 25, 60, None),
             )),
@@ -379,7 +371,7 @@ fn cases() -> Vec<Case> {
                     ("rew01jq49", "get_weather", r#"{"city":"Paris"}"#),
                     ("gbpypqxpx", "final_result", r#"{"city":"Paris","summary":"Current weather in Paris"}"#),
                 ],
-                ..answer(Text::None, Text::None, "tool_calls", U(779, 65, 844, None))
+                ..answer(Text::Null, Text::Null, "tool_calls", U(779, 65, 844, None))
             }),
             request: Check(None),
         },
@@ -390,7 +382,7 @@ fn cases() -> Vec<Case> {
                     ("call_c67bb6b901354ca19bd1b70d", "get_weather", r#"{"city": "Paris"}"#),
                     ("call_1113747bb7de47ce8bffe3e9", "final_result", r#"{"city": "Paris", "summary": "Weather in Paris"}"#),
                 ],
-                ..answer(Exact(""), Text::None, "tool_calls", U(720, 65, 785, None))
+                ..answer(Exact(""), Text::Null, "tool_calls", U(720, 65, 785, None))
             }),
             request: Check(None),
         },
@@ -408,16 +400,15 @@ fn cases() -> Vec<Case> {
 
 const DIRS: [&str; 3] = ["mistral", "deepseek", "other"];
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
-}
+/// The model alias of the client requests.
+const ALIAS: &str = "alias";
 
 /// The corpus case `id` and the directory it lives in.
 fn load(id: &str) -> (Value, &'static str) {
     for dir in DIRS {
-        let path = corpus_dir().join(dir).join(format!("{id}.json"));
-        if let Ok(bytes) = std::fs::read(&path) {
-            return (serde_json::from_slice(&bytes).unwrap(), dir);
+        let path = common::corpus_dir(dir).join(format!("{id}.json"));
+        if path.is_file() {
+            return (common::read_case(&path), dir);
         }
     }
     panic!("corpus case {id} not found")
@@ -460,18 +451,8 @@ fn adapter(case: &Value, dir: &str) -> OpenAiAdapter {
     OpenAiAdapter::new(&cfg, &BaseUrl::parse(&base).unwrap(), dialect)
 }
 
-fn chat_request(mut v: Value) -> ChatRequest {
-    if v.get("model").is_none() {
-        v["model"] = "alias".into();
-    }
-    serde_json::from_value(v).unwrap()
-}
-
 fn stream_request(include_usage: bool) -> ChatRequest {
-    chat_request(
-        json!({"messages": [{"role": "user", "content": "x"}], "stream": true,
-        "stream_options": {"include_usage": include_usage}}),
-    )
+    common::chat_request(common::streamed_question(include_usage), ALIAS)
 }
 
 /// The recorded stream as wire bytes: the raw SSE text, or the stored payloads re-framed
@@ -493,13 +474,7 @@ fn stream_wire(case: &Value) -> Option<Vec<u8>> {
 }
 
 fn translate_stream(a: &OpenAiAdapter, req: &ChatRequest, chunks: &[&[u8]]) -> Vec<u8> {
-    let mut t = a.stream_translator(req, "m");
-    let mut out = BytesMut::new();
-    for c in chunks {
-        t.feed(c, &mut out).unwrap();
-    }
-    t.finish(&mut out).unwrap();
-    out.to_vec()
+    common::feed_all(&mut *a.stream_translator(req, "m"), chunks)
 }
 
 /// A stream put back together the way an OpenAI client does.
@@ -569,18 +544,6 @@ fn assemble(out: &[u8]) -> Assembled {
     a
 }
 
-fn check_text(id: &str, what: &str, got: Option<&str>, want: Text) {
-    match want {
-        Text::Exact(s) => assert_eq!(got, Some(s), "{id}: {what}"),
-        Text::Prefix(p, n) => {
-            let got = got.unwrap_or_else(|| panic!("{id}: {what} missing"));
-            assert!(got.starts_with(p), "{id}: {what} starts {got:.60?}");
-            assert_eq!(got.chars().count(), n, "{id}: {what} length");
-        }
-        Text::None => assert_eq!(got, None, "{id}: no {what}"),
-    }
-}
-
 fn check_usage(id: &str, usage: &Value, want: &U) {
     let n = |p: &str| usage.pointer(p).and_then(Value::as_u64);
     assert_eq!(
@@ -599,15 +562,6 @@ fn check_usage(id: &str, usage: &Value, want: &U) {
     );
 }
 
-fn check_tools(id: &str, got: &[(String, String, String)], want: &[(&str, &str, &str)]) {
-    assert_eq!(got.len(), want.len(), "{id}: tool calls {got:?}");
-    for (g, w) in got.iter().zip(want) {
-        assert_eq!((g.0.as_str(), g.1.as_str()), (w.0, w.1), "{id}: tool call");
-        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        assert_eq!(parse(&g.2), parse(w.2), "{id}: arguments of {}", w.1);
-    }
-}
-
 fn check_answer(id: &str, case: &Value, dir: &str, want: &Expect) {
     let a = adapter(case, dir);
     let resp = &case["response"];
@@ -617,12 +571,12 @@ fn check_answer(id: &str, case: &Value, dir: &str, want: &Expect) {
             let req = stream_request(asked);
             let out = translate_stream(&a, &req, &[&wire]);
             let got = assemble(&out);
-            check_text(id, "content", got.content.as_deref(), want.content);
+            check_text(id, "content", got.content.as_deref(), &want.content);
             check_text(
                 id,
                 "reasoning_content",
                 got.reasoning_content.as_deref(),
-                want.reasoning_content,
+                &want.reasoning_content,
             );
             check_tools(id, &got.tools, want.tools);
             assert_eq!(got.finish.as_deref(), Some(want.finish), "{id}: finish");
@@ -641,16 +595,13 @@ fn check_answer(id: &str, case: &Value, dir: &str, want: &Expect) {
             }
         }
         assert!(
-            matches!(want.reasoning, Text::None),
+            matches!(want.reasoning, Text::Null),
             "{id}: streams record no `reasoning`"
         );
         return;
     }
-    let body = match resp["body_text"].as_str() {
-        Some(t) => t.as_bytes().to_vec(),
-        None => serde_json::to_vec(&resp["body"]).unwrap(),
-    };
-    let req = chat_request(json!({"messages": [{"role": "user", "content": "x"}]}));
+    let body = common::recorded_body_bytes(resp);
+    let req = common::chat_request(common::question(), ALIAS);
     let t = a.chat_response(&req, "m", &body).unwrap();
     if !want.rewritten {
         assert_eq!(&t.body[..], &body[..], "{id}: passes through byte-exact");
@@ -663,7 +614,7 @@ fn check_answer(id: &str, case: &Value, dir: &str, want: &Expect) {
     );
     let msg = &out["choices"][0]["message"];
     assert_eq!(msg["role"], "assistant");
-    check_text(id, "content", msg["content"].as_str(), want.content);
+    check_text(id, "content", msg["content"].as_str(), &want.content);
     assert!(
         !msg["content"].is_array(),
         "{id}: content parts reach no client"
@@ -672,20 +623,10 @@ fn check_answer(id: &str, case: &Value, dir: &str, want: &Expect) {
         id,
         "reasoning_content",
         msg["reasoning_content"].as_str(),
-        want.reasoning_content,
+        &want.reasoning_content,
     );
-    check_text(id, "reasoning", msg["reasoning"].as_str(), want.reasoning);
-    let tools: Vec<(String, String, String)> = msg["tool_calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            assert_eq!(c["type"], "function");
-            let s = |p: &str| c.pointer(p).and_then(Value::as_str).unwrap().to_owned();
-            (s("/id"), s("/function/name"), s("/function/arguments"))
-        })
-        .collect();
-    check_tools(id, &tools, want.tools);
+    check_text(id, "reasoning", msg["reasoning"].as_str(), &want.reasoning);
+    check_tools(id, &common::message_tool_calls(msg), want.tools);
     assert_eq!(
         out["choices"][0]["finish_reason"], want.finish,
         "{id}: finish"
@@ -701,33 +642,9 @@ fn check_error(
     dir: &str,
     (upstream, client, code, retryable): (u16, u16, &str, bool),
 ) {
-    let resp = &case["response"];
-    assert_eq!(resp["status"], upstream, "{id}: recorded status");
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in resp["headers"].as_object().unwrap() {
-        headers.insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.as_str().unwrap().parse().unwrap(),
-        );
-    }
-    let body = serde_json::to_vec(&resp["body"]).unwrap();
-    let f = adapter(case, dir).error(upstream, &headers, &body);
-    assert_eq!(f.kind, FailureKind::Status(upstream), "{id}");
+    let f = common::replay_error(id, case, &adapter(case, dir), upstream, "/error/message");
     assert_eq!(f.retryable(), retryable, "{id}: retryable");
-    assert!(
-        f.message
-            .contains(resp["body"]["error"]["message"].as_str().unwrap()),
-        "{id}: message kept"
-    );
-    let e = GatewayError::Upstream {
-        failure: f,
-        attempts: 1,
-    };
-    assert_eq!(
-        (e.status(), e.code().as_str()),
-        (client, code),
-        "{id}: what the client sees"
-    );
+    common::assert_client_sees(id, f, client, code);
 }
 
 /// Drops `null` members (the typed request omits unset fields) and `stream: false`, and
@@ -779,7 +696,7 @@ fn check_request(id: &str, case: &Value, dir: &str, fix: Option<Fix>) {
     let a = adapter(case, dir);
     let model = recorded["model"].as_str().unwrap();
     let up = a
-        .chat_request(&chat_request(recorded.clone()), model)
+        .chat_request(&common::chat_request(recorded.clone(), ALIAS), model)
         .unwrap();
     let path = case["request"]["path"]
         .as_str()
@@ -806,14 +723,7 @@ fn check_request(id: &str, case: &Value, dir: &str, fix: Option<Fix>) {
             tool["type"] = "function".into();
         }
     }
-    let (got, want) = (essentials(&sent), essentials(&want));
-    assert_eq!(
-        got,
-        want,
-        "{id}: translated request\n got: {}\nwant: {}",
-        serde_json::to_string_pretty(&got).unwrap(),
-        serde_json::to_string_pretty(&want).unwrap()
-    );
+    common::assert_same_request(id, &essentials(&sent), &essentials(&want));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -823,18 +733,11 @@ fn check_request(id: &str, case: &Value, dir: &str, fix: Option<Fix>) {
 #[test]
 fn every_corpus_file_is_replayed_or_listed() {
     let table = cases();
-    let mut ids = BTreeSet::new();
-    for c in &table {
-        assert!(ids.insert(c.id), "duplicate table entry {}", c.id);
-    }
+    common::assert_unique_ids(table.iter().map(|c| c.id));
     let (mut responses, mut requests, mut skipped, mut files) = (0, 0, Vec::<String>::new(), 0);
     let mut claimed_sse = BTreeSet::new();
     for dir in DIRS {
-        let mut names: Vec<String> = std::fs::read_dir(corpus_dir().join(dir))
-            .expect("the corpus is read in place from ../shared/corpus")
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
+        let names = common::corpus_files(&common::corpus_dir(dir));
         for file in names.iter().filter(|f| f.ends_with(".json")) {
             files += 1;
             let id = file.trim_end_matches(".json");
@@ -900,7 +803,7 @@ fn sse_files_match_their_cases() {
                 continue;
             }
             if let Some(sse) = case["response"]["sse_file"].as_str() {
-                let file = std::fs::read(corpus_dir().join(dir).join(sse)).unwrap();
+                let file = std::fs::read(common::corpus_dir(dir).join(sse)).unwrap();
                 assert_eq!(file, stream_wire(&case).unwrap(), "{}", c.id);
             }
         }
@@ -923,7 +826,10 @@ fn a_deepseek_history_sent_to_mistral_gets_nine_character_ids() {
         Dialect::Mistral,
     );
     let up = a
-        .chat_request(&chat_request(recorded.clone()), "mistral-large-latest")
+        .chat_request(
+            &common::chat_request(recorded.clone(), ALIAS),
+            "mistral-large-latest",
+        )
         .unwrap();
     let sent: Value = serde_json::from_slice(&up.body).unwrap();
     obeys_mistral_rules("deepseek→mistral", &sent);
@@ -1001,15 +907,7 @@ proptest! {
         let a = adapter(case, dir);
         let req = stream_request(asked);
         let whole = translate_stream(&a, &req, &[wire]);
-        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
-        points.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut last = 0;
-        for p in points {
-            pieces.push(&wire[last..p]);
-            last = p;
-        }
-        pieces.push(&wire[last..]);
+        let pieces = common::split_at_cuts(wire, &cuts);
         prop_assert_eq!(translate_stream(&a, &req, &pieces), whole, "{}", id);
     }
 }

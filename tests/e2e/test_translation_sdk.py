@@ -8,22 +8,9 @@ import openai
 import pytest
 from openai import OpenAI
 from conftest import Gateway
+from sdk_flows import parallel_tool_calls_then_tool_result_turn
 
 FLAVORS = ["anthropic", "gemini"]
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 
 # A 1x1 PNG.
 PNG = base64.b64encode(
@@ -91,35 +78,7 @@ def test_streamed_text_matches_non_stream(client, flavor):
 @pytest.mark.parametrize("flavor", FLAVORS)
 @pytest.mark.parametrize("stream", [False, True])
 def test_parallel_tool_calls_then_tool_result_turn(client, flavor, stream):
-    messages = [{"role": "user", "content": "Weather in two cities?"}]
-    if stream:
-        with client.chat.completions.stream(model=flavor, messages=messages, tools=[WEATHER]) as s:
-            first = s.get_final_completion()
-    else:
-        first = client.chat.completions.create(model=flavor, messages=messages, tools=[WEATHER])
-    msg = first.choices[0].message
-    assert first.choices[0].finish_reason == "tool_calls"
-    calls = msg.tool_calls
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
-        ("get_weather", {"city": "city-1"}),
-        ("get_weather", {"city": "city-2"}),
-    ]
-    assert len({c.id for c in calls}) == 2
-    messages.append(
-        {
-            "role": "assistant",
-            "content": msg.content,
-            "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                for c in calls
-            ],
-        }
-    )
-    for c, weather in zip(calls, ["sunny", "rainy"]):
-        messages.append({"role": "tool", "tool_call_id": c.id, "content": weather})
-    second = client.chat.completions.create(model=flavor, messages=messages, tools=[WEATHER])
-    assert second.choices[0].message.content == "tool results received: 2"
-    assert second.choices[0].finish_reason == "stop"
+    parallel_tool_calls_then_tool_result_turn(client, flavor, stream)
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
