@@ -5,7 +5,8 @@
 //!
 //! Groups:
 //! * `parse_request`: client body → `ChatRequest` (short prompt, 100 KB prompt), and the
-//!   same parse with plain `serde_json` (no error-path tracking) for reference.
+//!   same parse with plain `serde_json` for reference (`parse_request` tracks the JSON path
+//!   only when a body fails, so the two should now match).
 //! * `translate_request`: `Adapter::chat_request` for OpenAI (pass-through re-serialise),
 //!   Anthropic and Gemini, short and 100 KB prompts.
 //! * `translate_response`: `Adapter::chat_response` on a recorded mock answer (~0.5 KB).

@@ -65,8 +65,15 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
+    llmux::telemetry::logging::init();
+    let code = run(Cli::parse().command);
+    // Buffered log lines go out before the process ends.
+    log::logger().flush();
+    code
+}
+
+fn run(command: Command) -> ExitCode {
+    match command {
         Command::Serve {
             config,
             listen,
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
             match llmux::server::serve(&config_path(config), overrides) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    log::logger().flush();
                     eprintln!("llmux: {e}");
                     ExitCode::FAILURE
                 }
@@ -156,6 +164,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    log::logger().flush();
                     eprintln!("llmux mock: {e}");
                     ExitCode::FAILURE
                 }

@@ -1,6 +1,8 @@
 //! Telemetry: the Prometheus text exposition of spec §7, from request counters kept here
 //! and the per-endpoint statistics kept in [`crate::stats`].
 
+pub mod logging;
+
 use crate::health::{BreakerState, Endpoint, Health};
 use crate::otlp::{AttrValue, Exporter, MetricData, SpanKind, SpanRecord};
 use crate::types::TokenCounts;

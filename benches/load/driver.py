@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -128,7 +129,7 @@ server:
   listen: 127.0.0.1:{port}
   admin_listen: 127.0.0.1:{admin}
 providers:
-  - {{ name: oai, kind: openai, base_url: "http://127.0.0.1:{mock}/v1", api_key: sk-bench }}
+  - {{ name: oai, kind: openai, base_url: "http://127.0.0.1:{mock}/v1", api_key: sk-bench{oai_limits} }}
   - {{ name: ant, kind: anthropic, base_url: "http://127.0.0.1:{mock}", api_key: sk-ant-bench }}
   - {{ name: gem, kind: gemini, base_url: "http://127.0.0.1:{mock}/v1beta", api_key: gm-bench }}
 models:
@@ -138,8 +139,61 @@ models:
     targets: [{{ provider: ant, model: claude-haiku-4-5 }}]
   - name: bench-gemini
     targets: [{{ provider: gem, model: gemini-2.5-flash }}]
+# As a sidecar runs: probes on the default interval, OTLP export to a local sink.
 health_checks:
-  interval: 1h
+  interval: 15s
+{telemetry}{state}"""
+
+TELEMETRY = """telemetry:
+  otlp_endpoint: http://127.0.0.1:{port}
+  metrics_interval: 15s
+"""
+
+
+class OtlpSink:
+    """A local OTLP/HTTP collector that accepts and counts what llmux exports (in the
+    driver's process, on the load CPU), so export cost is part of what is measured."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        sink = self
+        self.posts = 0
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length", "0"))
+                self.rfile.read(n)
+                sink.posts += 1
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Shared-state variants: the same limits on the OpenAI provider, counted in memory or leased
+# from Redis (issue: the Redis path must cost no more than 10% throughput).
+OAI_LIMITS = ", budget: { usd_per_day: 1000000 }, free_tier: { requests_per_day: 1000000000 }"
+REDIS_STATE = """state:
+  backend: redis
+  redis_url: "redis://127.0.0.1:{port}"
+  key_prefix: bench
 """
 
 NGINX_CONFIG = """# written by benches/load/driver.py: a plain pass-through, one single-process worker
@@ -646,6 +700,7 @@ def main_run(a):
     work = Path(tempfile.mkdtemp(prefix="llmux-load-"))
     (work / "nginx-tmp").mkdir()
     kids = Children(a.pidfile)
+    otlp = OtlpSink()
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -682,7 +737,7 @@ def main_run(a):
         wait_ready(mock, mock_port, "/_mock/requests", t0, mlog)
         bench = Bench(a, kids, work)
 
-        def start(name, extra_env=None, cpus=None, extra_args=()):
+        def start(name, extra_env=None, cpus=None, extra_args=(), oai_limits="", state=""):
             """Starts a proxy on the proxy CPU; returns (proc, port, ready_ms)."""
             port = free_port()
             plog = work / f"{name}.log"
@@ -690,7 +745,9 @@ def main_run(a):
             env.update(extra_env or {})
             if name.startswith("llmux"):
                 cfg = work / f"{name}.yaml"
-                cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port))
+                cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port,
+                                                   oai_limits=oai_limits, state=state,
+                                                   telemetry=TELEMETRY.format(port=otlp.port)))
                 argv = [bin_llmux, "serve", "--config", cfg]
             elif name == "floor":
                 argv = [bin_floor, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{mock_port}"]
@@ -747,6 +804,20 @@ def main_run(a):
                                check=True, capture_output=True)
                 procs["llmux-t2"] = (p, port)
                 variants.append("llmux-t2")
+        if "llmux" in targets and not a.skip_variants and shutil.which("redis-server"):
+            # Budgets and a free tier counted in memory, then the same leased from Redis
+            # (redis-server runs on the load CPU, like the mock).
+            p, port, _ = start("llmux-ledger", oai_limits=OAI_LIMITS)
+            procs["llmux-ledger"] = (p, port)
+            variants.append("llmux-ledger")
+            redis_port = free_port()
+            kids.spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no"], a.load_cpu, work / "redis.log")
+            time.sleep(0.3)
+            p, port, _ = start("llmux-redis", oai_limits=OAI_LIMITS,
+                               state=REDIS_STATE.format(port=redis_port))
+            procs["llmux-redis"] = (p, port)
+            variants.append("llmux-redis")
         if "floor" in targets and not a.skip_variants:
             # The floor on Pingora's default runtime (work stealing), as llmux runs today.
             p, port, _ = start("floor", extra_args=["--work-stealing"])
@@ -806,7 +877,9 @@ def main_run(a):
                 group[name]["peak_rss_kib"] = status_kib(p.pid, "VmHWM")
     finally:
         kids.stop_all()
+        otlp.stop()
         info["load_after"] = loadavg()
+        info["otlp_sink"] = {"posts": otlp.posts, "bytes": otlp.bytes}
 
     report = render(results)
     out_dir = Path(a.out_dir)
@@ -852,7 +925,8 @@ def profile_run(a):
             env["RUST_LOG"] = a.rust_log
         if a.target == "llmux":
             cfg = work / "llmux.yaml"
-            cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port))
+            cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port,
+                                               oai_limits="", state="", telemetry=""))
             argv = [bin_llmux, "serve", "--config", cfg]
             model = f"bench-{a.path}"
         else:
@@ -947,7 +1021,11 @@ def render(res):
       f"mock --chunk-delay-ms {s['mock_chunk_delay_ms']}. floor and nginx only pass OpenAI through, so every "
       f"llmux path is compared with their OpenAI→OpenAI numbers. Each point ran {s.get('repeats', 1)}× interleaved "
       f"across targets; the repeat with the highest req/s is shown (least disturbed by other load). At c=1 req/s "
-      f"is bound by wake-up latency, not CPU: read it with the p50 columns.")
+      f"is bound by wake-up latency, not CPU: read it with the p50 columns.  ")
+    sink = m.get("otlp_sink")
+    if sink:
+        w(f"llmux runs as a sidecar would: health probes every 15 s, and OTLP export of a span per request "
+          f"and metrics to a local sink in the driver ({sink['posts']} exports, {sink['bytes'] / 1e6:.1f} MB).")
     w("")
     w("### Throughput (req/s, non-stream)")
     w("")
@@ -1033,6 +1111,8 @@ def render(res):
     row("OS threads", lambda t: T[t]["threads"] if t in T else None, 0)
     if res["variants"]:
         names = {"llmux-warn": "llmux, RUST_LOG=warn (no access log)",
+                 "llmux-ledger": "llmux with a budget and a free tier (state: memory)",
+                 "llmux-redis": "llmux with the same limits, state.backend: redis",
                  "llmux-t2": "llmux, threads=2 on the one core",
                  "floor-ws": "floor with work_stealing: true (llmux's runtime today)"}
         w("")
@@ -1046,6 +1126,22 @@ def render(res):
                 w(f"| {names.get(name, name)} | {c} | {fmt(p['rps'], 0)} | {fmt(ratio(p['rps'], base['rps'] if base else None), 2)} | "
                   f"{fmt(ratio(p['rps'], f['rps'] if f else None), 2)} | {fmt(p['p50_ms'])} | {fmt(p['cpu_ms_per_req'], 4)} | "
                   f"{fmt(ratio(p['cpu_ms_per_req'], f['cpu_ms_per_req'] if f else None), 2)} |")
+    V = res["variants"]
+    if "llmux-redis" in V and "llmux-ledger" in V:
+        w("")
+        w("### Shared state: `backend: redis` against `memory` (same limits, same run)")
+        w("")
+        w("| c | req/s memory | req/s redis | redis / memory | added p99 memory ms | added p99 redis ms | redis / memory |")
+        w("|---|---|---|---|---|---|---|")
+        for c, r in V["llmux-redis"]["paths"].get("openai", {}).get("points", {}).items():
+            m = V["llmux-ledger"]["paths"].get("openai", {}).get("points", {}).get(c)
+            d = pt("direct", "openai", c)
+            if not m:
+                continue
+            am = m["p99_ms"] - d["p99_ms"] if d else None
+            ar = r["p99_ms"] - d["p99_ms"] if d else None
+            w(f"| {c} | {fmt(m['rps'], 0)} | {fmt(r['rps'], 0)} | {fmt(ratio(r['rps'], m['rps']), 2)} | "
+              f"{fmt(am, 3)} | {fmt(ar, 3)} | {fmt(ratio(ar, am), 2)} |")
     w("")
     w("### Targets")
     w("")
@@ -1073,6 +1169,11 @@ def render(res):
     for c in concs:
         r = ratio((pt("llmux", "openai", c) or {}).get("cpu_ms_per_req"), (pt("floor", "openai", c) or {}).get("cpu_ms_per_req"))
         target(f"CPU/request ≤ 1.15× floor (OpenAI→OpenAI, c={c})", r, r is not None and r <= 1.15, fmt(r, 2))
+    if "llmux-redis" in V and "llmux-ledger" in V:
+        for c in concs:
+            r = ratio(V["llmux-redis"]["paths"].get("openai", {}).get("points", {}).get(c, {}).get("rps"),
+                      V["llmux-ledger"]["paths"].get("openai", {}).get("points", {}).get(c, {}).get("rps"))
+            target(f"backend: redis req/s ≥ 0.9× memory (c={c})", r, r is not None and r >= 0.9, fmt(r, 2))
     lt = T.get("llmux")
     if lt:
         v = lt["peak_rss_kib"] / 1024

@@ -414,7 +414,10 @@ fn shared_state_and_server_runtime_settings() {
         "server: { threads: 1, work_stealing: false }\nstate: { backend: redis, redis_url: 'rediss://:pw@r:6380', timeout: 50ms, sync_interval: 1s, lease_fraction: 0.01 }\n",
     )
     .unwrap();
-    assert_eq!((c.server.threads, c.server.work_stealing), (Some(1), Some(false)));
+    assert_eq!(
+        (c.server.threads, c.server.work_stealing),
+        (Some(1), Some(false))
+    );
     assert_eq!(c.state.timeout.0, std::time::Duration::from_millis(50));
     assert_eq!(c.state.lease_fraction, 0.01);
     let (_, _, msg) = one_error("state: { lease_fraction: 1.5 }");

@@ -5,6 +5,7 @@
 //! forward them untouched and a translating adapter can read their `data:` payload.
 
 use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
 
 /// Splits a byte stream into complete SSE events.
 #[derive(Debug, Default)]
@@ -25,7 +26,9 @@ impl SseFramer {
         let start = self.scanned.saturating_sub(3);
         let hay = &self.buf[start..];
         let mut i = 0;
-        while i < hay.len() {
+        // Only a line break can start a separator: jump from one to the next.
+        while let Some(k) = memchr::memchr2(b'\n', b'\r', &hay[i..]) {
+            i += k;
             let end = match hay[i] {
                 b'\n' if hay.get(i + 1) == Some(&b'\n') => Some(i + 2),
                 b'\n' if hay.get(i + 1) == Some(&b'\r') && hay.get(i + 2) == Some(&b'\n') => {
@@ -53,24 +56,40 @@ impl SseFramer {
 }
 
 /// The `data:` payload of one event (multiple data lines joined by `\n`), and its
-/// `event:` name. Comments and other fields are ignored.
-pub fn parse_event(event: &[u8]) -> (Option<&[u8]>, Vec<u8>) {
+/// `event:` name. Comments and other fields are ignored. An event with one data line (every
+/// event of the providers llmux speaks) borrows its payload: no copy.
+pub fn parse_event(event: &[u8]) -> (Option<&[u8]>, Cow<'_, [u8]>) {
     let mut name = None;
-    let mut data: Vec<u8> = Vec::new();
-    let mut first = true;
-    for line in event.split(|b| *b == b'\n') {
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    let mut rest = Some(event);
+    while let Some(text) = rest {
+        // Lines as `split(b'\n')` gives them, found with memchr.
+        let line = match memchr::memchr(b'\n', text) {
+            Some(i) => {
+                rest = Some(&text[i + 1..]);
+                &text[..i]
+            }
+            None => {
+                rest = None;
+                text
+            }
+        };
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(v) = line.strip_prefix(b"data:") {
-            if !first {
-                data.push(b'\n');
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            match &mut data {
+                None => data = Some(Cow::Borrowed(v)),
+                Some(d) => {
+                    let d = d.to_mut();
+                    d.push(b'\n');
+                    d.extend_from_slice(v);
+                }
             }
-            first = false;
-            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
         } else if let Some(v) = line.strip_prefix(b"event:") {
             name = Some(v.strip_prefix(b" ").unwrap_or(v));
         }
     }
-    (name, data)
+    (name, data.unwrap_or(Cow::Borrowed(&[])))
 }
 
 /// Formats one `data:` event for the client.
@@ -117,7 +136,18 @@ mod tests {
     fn parses_name_and_multiline_data() {
         let (name, data) = parse_event(b"event: message_start\ndata: {\"x\":\ndata: 1}\n\n");
         assert_eq!(name, Some(&b"message_start"[..]));
-        assert_eq!(data, b"{\"x\":\n1}");
+        assert_eq!(&data[..], b"{\"x\":\n1}");
+        let event = b"event: ping\r\ndata: {}\r\n\r\n";
+        let (name, data) = parse_event(event);
+        assert_eq!((name, &data[..]), (Some(&b"ping"[..]), &b"{}"[..]));
+        assert!(
+            matches!(data, Cow::Borrowed(_)),
+            "one data line is not copied"
+        );
+        let (name, data) = parse_event(b": comment\n\n");
+        assert_eq!((name, &data[..]), (None, &b""[..]));
+        let (_, data) = parse_event(b"data:\ndata:\n\n");
+        assert_eq!(&data[..], b"\n");
     }
 
     #[test]

@@ -12,16 +12,18 @@ use super::GatewayState;
 use crate::health::Outcome;
 use crate::providers::openai_out::{format_cost, insert_usage_cost};
 use crate::providers::{StreamTranslator, UpstreamRequest};
-use crate::routing::{RoutingTable, Target};
+use crate::routing::{Provider, RoutingTable, Target};
 use crate::stats::Sample;
 use crate::telemetry::{AttemptReport, RequestTrace};
 use crate::types::{ChatRequest, FailureKind, GatewayError, UpstreamFailure, Usage};
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest upstream body llmux buffers (non-stream answers, error bodies are capped lower).
@@ -65,7 +67,8 @@ pub(super) async fn run(
     plan: Vec<Target>,
     ctx: &RequestCtx<'_>,
 ) -> Result<(), GatewayError> {
-    let mut last_provider = String::new();
+    // The provider of the last attempt, for the request counter when all failed.
+    let mut last_provider: Option<Arc<Provider>> = None;
     let mut trace = state
         .otlp
         .as_ref()
@@ -84,7 +87,8 @@ pub(super) async fn run(
     )
     .await;
     if let Err(e) = &result {
-        state.metrics.request(&req.model, &last_provider, &e.code());
+        let provider = last_provider.as_ref().map_or("", |p| p.name.as_str());
+        state.metrics.request(&req.model, provider, &e.code());
     }
     if let (Some(trace), Some(exporter)) = (trace, state.otlp.as_deref()) {
         let (status, error) = match &result {
@@ -131,6 +135,9 @@ fn within_limits(
     target: &Target,
 ) -> Result<(), (bool, crate::budget::Limit)> {
     let p = &target.provider;
+    if p.budget.is_none() && p.free_tier.is_none() {
+        return Ok(());
+    }
     let key = format!("provider:{}", p.name);
     if let Some(b) = &p.budget {
         state.ledger.check_budget(&key, b).map_err(|l| (false, l))?;
@@ -153,7 +160,7 @@ async fn run_plan(
     req: &ChatRequest,
     plan: Vec<Target>,
     ctx: &RequestCtx<'_>,
-    last_provider: &mut String,
+    last_provider: &mut Option<Arc<Provider>>,
     trace: &mut Option<RequestTrace>,
     summary: &mut Option<ServedSummary>,
 ) -> Result<(), GatewayError> {
@@ -242,7 +249,7 @@ async fn run_plan(
                 return Err(e);
             }
         };
-        *last_provider = target.provider.name.clone();
+        *last_provider = Some(target.provider.clone());
         let attempt_started = Instant::now();
         let span_started = std::time::SystemTime::now();
         let mut report = |usage: Option<&Usage>, error: Option<String>| {
@@ -525,17 +532,13 @@ async fn attempt(
         release(state, up, &peer).await;
         return Err(provider.adapter.error(status, &headers, &body).into());
     }
-    let extra = |stream: bool| {
-        let mut h = vec![
-            ("x-llmux-provider", provider.name.clone()),
-            ("x-llmux-model", target.model.clone()),
-            ("x-llmux-attempts", attempts.to_string()),
-        ];
-        if stream {
-            h.push(("cache-control", "no-cache".to_owned()));
-        }
-        h
-    };
+    let mut attempts_text = itoa::Buffer::new();
+    let attempts_text: &str = attempts_text.format(attempts);
+    let extra = [
+        ("x-llmux-provider", provider.name.as_str()),
+        ("x-llmux-model", target.model.as_str()),
+        ("x-llmux-attempts", attempts_text),
+    ];
 
     if !req.stream {
         let read = tokio::time::timeout_at(
@@ -547,15 +550,23 @@ async fn attempt(
         let translated = provider.adapter.chat_response(req, &target.model, &body)?;
         release(state, up, &peer).await;
         let cost = cost_of(target, translated.usage.as_ref());
-        let mut headers = extra(false);
         let mut body = translated.body;
-        if let Some(c) = cost {
-            headers.push(("x-llmux-cost-usd", format_cost(c)));
-            if let Some(with_cost) = insert_usage_cost(&body, c) {
+        // Formatted once, for the body and the header alike.
+        let cost_text = cost.map(format_cost);
+        if let Some(text) = &cost_text {
+            if let Some(with_cost) = insert_usage_cost(&body, text) {
                 body = Bytes::from(with_cost);
             }
         }
-        respond::json(session, 200, body, rid, &headers)
+        let with_cost;
+        let headers: &[(&'static str, &str)] = match &cost_text {
+            Some(text) => {
+                with_cost = [extra[0], extra[1], extra[2], ("x-llmux-cost-usd", text)];
+                &with_cost
+            }
+            None => &extra,
+        };
+        respond::json(session, 200, body, rid, headers)
             .await
             .map_err(|_| AttemptError::ClientGone)?;
         return Ok(Served {
@@ -588,10 +599,10 @@ async fn attempt(
     }
     let ttft = sent_at.elapsed();
     tagger.tag(translator.as_ref(), &mut out);
-    let head = respond::header(200, "text/event-stream; charset=utf-8", rid, &extra(true))
+    let stream_extra = [extra[0], extra[1], extra[2], ("cache-control", "no-cache")];
+    let mut head = respond::header(200, "text/event-stream; charset=utf-8", rid, &stream_extra)
         .map_err(|_| AttemptError::ClientGone)?;
-    let mut head = head;
-    let _ = head.insert_header("transfer-encoding", "chunked");
+    let _ = head.insert_header("transfer-encoding", HeaderValue::from_static("chunked"));
     session
         .write_response_header(Box::new(head), false)
         .await
@@ -630,6 +641,10 @@ fn cost_of(target: &Target, usage: Option<&Usage>) -> Option<f64> {
     Some(crate::pricing::cost(price, &usage?.token_counts(), 0))
 }
 
+/// `"usage":{` in translated stream bytes.
+static USAGE_OBJECT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\":{"));
+
 /// Writes `cost_usd` into the stream's usage chunk when it goes by.
 struct CostTagger<'a> {
     target: &'a Target,
@@ -638,29 +653,24 @@ struct CostTagger<'a> {
 
 impl CostTagger<'_> {
     fn tag(&mut self, translator: &dyn StreamTranslator, out: &mut BytesMut) {
-        if self.cost.is_some() || out.is_empty() {
+        if self.cost.is_some() || out.is_empty() || self.target.price.is_none() {
             return;
         }
+        // Most chunks carry no usage: look for it in the bytes before asking the translator
+        // for its usage (a clone).
+        let Some(at) = USAGE_OBJECT.find(out) else {
+            return;
+        };
         let Some(usage) = translator.usage() else {
             return;
         };
         let Some(cost) = cost_of(self.target, Some(&usage)) else {
             return;
         };
-        let needle: &[u8] = b"\"usage\":{";
-        let Some(at) = out.windows(needle.len()).position(|w| w == needle) else {
-            return;
-        };
         // The event holding it: from the `data: ` before it to the blank line after it.
-        let start = out[..at]
-            .windows(6)
-            .rposition(|w| w == b"data: ")
-            .map_or(0, |i| i + 6);
-        let end = out[at..]
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .map_or(out.len(), |i| at + i);
-        if let Some(json) = insert_usage_cost(&out[start..end], cost) {
+        let start = memchr::memmem::rfind(&out[..at], b"data: ").map_or(0, |i| i + 6);
+        let end = memchr::memmem::find(&out[at..], b"\n\n").map_or(out.len(), |i| at + i);
+        if let Some(json) = insert_usage_cost(&out[start..end], &format_cost(cost)) {
             let mut rebuilt = BytesMut::with_capacity(out.len() + 32);
             rebuilt.extend_from_slice(&out[..start]);
             rebuilt.extend_from_slice(&json);
@@ -782,12 +792,15 @@ pub(crate) async fn open(
 async fn exchange(up: &mut HttpSession, host: String, r: &UpstreamRequest) -> pingora::Result<()> {
     let mut head = RequestHeader::build(r.method, r.path.as_bytes(), Some(r.headers.len() + 4))?;
     head.insert_header("host", host)?;
-    head.insert_header("user-agent", concat!("llmux/", env!("CARGO_PKG_VERSION")))?;
+    head.insert_header(
+        "user-agent",
+        HeaderValue::from_static(concat!("llmux/", env!("CARGO_PKG_VERSION"))),
+    )?;
     for (k, v) in &r.headers {
         head.insert_header(k.clone(), v.as_str())?;
     }
     if r.method != "GET" || !r.body.is_empty() {
-        head.insert_header("content-length", r.body.len().to_string())?;
+        head.insert_header("content-length", itoa::Buffer::new().format(r.body.len()))?;
     }
     up.write_request_header(Box::new(head)).await?;
     if !r.body.is_empty() {

@@ -173,10 +173,14 @@ impl Gateway {
         let any_endpoint = if table.endpoints.is_empty() {
             !table.providers.is_empty()
         } else {
-            table
-                .endpoints
-                .iter()
-                .any(|e| e.unavailable_for().is_none())
+            // An endpoint counts when routing may use it and its provider can sign now.
+            table.endpoints.iter().any(|e| {
+                e.unavailable_for().is_none()
+                    && table
+                        .providers
+                        .get(&e.provider)
+                        .is_some_and(|p| p.adapter.ready())
+            })
         };
         let ready = !self.state.draining.load(Ordering::Acquire) && any_endpoint;
         let (status, word) = if ready {
@@ -245,8 +249,10 @@ impl Gateway {
             key_name: key_name.as_deref(),
             traceparent: traceparent.as_deref(),
         };
-        // Boxed: the attempt loop's future is large, and inline it would make the future
-        // `request_filter` boxes (and copies) on every request as large.
+        // Boxed, so the future `async_trait` boxes for `request_filter` stays small. The
+        // attempt loop's own future (~13 KB, most of it Pingora's connector future) is still
+        // moved into its box once per request; this saves only the copies of everything
+        // around it.
         Box::pin(attempt::run(
             &self.state,
             session,

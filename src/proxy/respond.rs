@@ -1,7 +1,11 @@
 //! Writing responses to the client: JSON bodies, OpenAI-shaped errors, stream headers.
+//!
+//! Header names are `&'static str` and values borrowed `&str`: pingora copies each value
+//! into its header map once, and nothing else is allocated per header.
 
 use crate::types::GatewayError;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -15,22 +19,36 @@ pub fn request_id(session: &Session) -> String {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
     match given {
         Some(v) => v.to_owned(),
-        None => format!("req_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+        None => fresh_request_id(fastrand::u64(..), fastrand::u64(..)),
     }
+}
+
+/// `req_` and 32 lowercase hex digits (the same text as `format!("req_{a:016x}{b:016x}")`).
+fn fresh_request_id(a: u64, b: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 36];
+    id[..4].copy_from_slice(b"req_");
+    for (i, digit) in id[4..].iter_mut().enumerate() {
+        let word = if i < 16 { a } else { b };
+        let shift = 60 - 4 * (i % 16);
+        *digit = HEX[((word >> shift) & 0xf) as usize];
+    }
+    // Only ASCII was written.
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 /// A response header with the headers every llmux answer carries.
 pub fn header(
     status: u16,
-    content_type: &str,
+    content_type: &'static str,
     rid: &str,
-    extra: &[(&str, String)],
+    extra: &[(&'static str, &str)],
 ) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    resp.insert_header("content-type", content_type)?;
+    resp.insert_header("content-type", HeaderValue::from_static(content_type))?;
     resp.insert_header("x-request-id", rid)?;
-    for (k, v) in extra {
-        resp.insert_header(k.to_string(), v.as_str())?;
+    for &(k, v) in extra {
+        resp.insert_header(k, v)?;
     }
     Ok(resp)
 }
@@ -41,10 +59,10 @@ pub async fn json(
     status: u16,
     body: Bytes,
     rid: &str,
-    extra: &[(&str, String)],
+    extra: &[(&'static str, &str)],
 ) -> pingora::Result<()> {
     let mut resp = header(status, "application/json", rid, extra)?;
-    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("content-length", itoa::Buffer::new().format(body.len()))?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -54,17 +72,49 @@ pub async fn error(
     session: &mut Session,
     err: &GatewayError,
     rid: &str,
-    extra: &[(&str, String)],
+    extra: &[(&'static str, &str)],
 ) -> pingora::Result<()> {
-    let mut headers: Vec<(&str, String)> = extra.to_vec();
-    if let Some(secs) = err.retry_after_secs() {
-        headers.push(("retry-after", secs.to_string()));
+    let retry_after = err.retry_after_secs().map(|secs| secs.to_string());
+    let mut headers: Vec<(&'static str, &str)> = extra.to_vec();
+    if let Some(secs) = &retry_after {
+        headers.push(("retry-after", secs));
     }
     if let GatewayError::MethodNotAllowed { allow, .. } = err {
-        headers.push(("allow", (*allow).to_owned()));
+        headers.push(("allow", allow));
     }
     if matches!(err, GatewayError::RequestTooLarge { .. }) {
-        headers.push(("connection", "close".to_owned()));
+        headers.push(("connection", "close"));
     }
     json(session, err.status(), err.body(), rid, &headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_ids_are_req_and_32_hex_digits() {
+        for (a, b) in [
+            (0, 0),
+            (u64::MAX, 1),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+        ] {
+            assert_eq!(fresh_request_id(a, b), format!("req_{a:016x}{b:016x}"));
+        }
+    }
+
+    #[test]
+    fn header_carries_content_type_request_id_and_extras() {
+        let h = header(
+            200,
+            "application/json",
+            "req_1",
+            &[("x-llmux-attempts", "2")],
+        )
+        .unwrap();
+        assert_eq!(h.headers["content-type"], "application/json");
+        assert_eq!(h.headers["x-request-id"], "req_1");
+        assert_eq!(h.headers["x-llmux-attempts"], "2");
+        assert!(header(200, "application/json", "bad\nid", &[]).is_err());
+    }
 }

@@ -422,9 +422,15 @@ struct PassthroughStream {
     finished: bool,
 }
 
-/// Finds `needle` in `hay` (small needles; a byte scan, no parse).
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Whether a chunk's JSON has `"usage":{` or `"usage": {` (a usage object rather than
+/// `"usage":null`): one memchr-accelerated search instead of a parse.
+fn has_usage_object(data: &[u8]) -> bool {
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\":"));
+    USAGE.find_iter(data).any(|at| {
+        let after = &data[at + b"\"usage\":".len()..];
+        after.starts_with(b"{") || after.starts_with(b" {")
+    })
 }
 
 /// Copies the chunk identity (`id`, `object`, `created`, `model`, `system_fingerprint`) into
@@ -462,7 +468,7 @@ impl PassthroughStream {
             if !self.forwarded {
                 return Err(failure);
             }
-        } else if contains(data, b"\"usage\":{") || contains(data, b"\"usage\": {") {
+        } else if has_usage_object(data) {
             #[derive(Deserialize)]
             struct UsageChunk {
                 usage: Option<Usage>,
