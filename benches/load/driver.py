@@ -881,11 +881,12 @@ def main_run(a):
         info["load_after"] = loadavg()
         info["otlp_sink"] = {"posts": otlp.posts, "bytes": otlp.bytes}
 
-    report = render(results)
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # The measurements first: a report that fails to render loses nothing.
     (out_dir / f"load-{stamp}.json").write_text(json.dumps(results, indent=2))
+    report = render(results)
     (out_dir / f"load-{stamp}.md").write_text(report)
     (out_dir / "latest.md").write_text(report)
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
@@ -1134,13 +1135,13 @@ def render(res):
         w("| c | req/s memory | req/s redis | redis / memory | added p99 memory ms | added p99 redis ms | redis / memory |")
         w("|---|---|---|---|---|---|---|")
         for c, r in V["llmux-redis"]["paths"].get("openai", {}).get("points", {}).items():
-            m = V["llmux-ledger"]["paths"].get("openai", {}).get("points", {}).get(c)
+            mem = V["llmux-ledger"]["paths"].get("openai", {}).get("points", {}).get(c)
             d = pt("direct", "openai", c)
-            if not m:
+            if not mem:
                 continue
-            am = m["p99_ms"] - d["p99_ms"] if d else None
+            am = mem["p99_ms"] - d["p99_ms"] if d else None
             ar = r["p99_ms"] - d["p99_ms"] if d else None
-            w(f"| {c} | {fmt(m['rps'], 0)} | {fmt(r['rps'], 0)} | {fmt(ratio(r['rps'], m['rps']), 2)} | "
+            w(f"| {c} | {fmt(mem['rps'], 0)} | {fmt(r['rps'], 0)} | {fmt(ratio(r['rps'], mem['rps']), 2)} | "
               f"{fmt(am, 3)} | {fmt(ar, 3)} | {fmt(ratio(ar, am), 2)} |")
     w("")
     w("### Targets")
