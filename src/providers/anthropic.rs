@@ -396,18 +396,12 @@ fn build_body(
     // Anthropic's temperature range is 0-1 (OpenAI's 0-2), and newer models reject
     // temperature together with top_p (providers.md §14, pitfall 15).
     let mut sampling = Sampling::claude(cx, req, req.top_p);
-    if claude::thinking_on(&thinking) {
-        let param = if json_mode {
-            "response_format"
-        } else {
-            "tool_choice"
-        };
-        sampling.limit_for_reasoning(
-            cx,
-            forced.then_some((param, "`response_format` `json_object`")),
-            turns.last().is_some_and(|t| t.role == Role::Assistant),
-        )?;
-    }
+    sampling.limit_when_thinking(
+        cx,
+        &thinking,
+        (forced, json_mode, "`response_format` `json_object`"),
+        turns.last().is_some_and(|t| t.role == Role::Assistant),
+    )?;
     let Sampling {
         temperature,
         top_p,

@@ -303,6 +303,27 @@ impl Sampling {
         }
     }
 
+    /// [`Self::limit_for_reasoning`] when `thinking` is on. A forced tool call comes from
+    /// `response_format` (named `json_label` in the message) in JSON mode, else from
+    /// `tool_choice`; `prefill` says the conversation ends with an assistant turn.
+    pub fn limit_when_thinking(
+        &mut self,
+        cx: &dyn Refuse,
+        thinking: &Thinking,
+        (forced, json_mode, json_label): (bool, bool, &str),
+        prefill: bool,
+    ) -> Result<(), GatewayError> {
+        if !thinking_on(thinking) {
+            return Ok(());
+        }
+        let param = if json_mode {
+            "response_format"
+        } else {
+            "tool_choice"
+        };
+        self.limit_for_reasoning(cx, forced.then_some((param, json_label)), prefill)
+    }
+
     /// What reasoning does not take: a temperature other than 1, `top_p` below 0.95 and
     /// `top_k` are refused (or dropped); a forced tool call (`forced`: the parameter that
     /// forces it and how the message names it) and a final assistant message (`prefill`)

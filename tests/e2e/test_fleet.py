@@ -221,7 +221,8 @@ models: [ {{ name: chat, targets: [ {{ provider: p, model: priced }} ] }} ]
         stop_all(gws)
 
 
-def test_a_breaker_tripped_on_one_replica_is_skipped_by_the_others(redis):
+def flaky_fleet(redis, prefix, breaker):
+    """A failing target with a healthy backup, on three replicas; probes out of the way."""
     flaky = Mock("--flavor", "openai")
     backup = Mock("--flavor", "openai")
     cfg = f"""
@@ -233,9 +234,13 @@ models:
   - {{ name: chat, targets: [ {{ provider: flaky, model: "m@status=500" }}, {{ provider: backup, model: m }} ] }}
 routing: {{ retry_budget: 1.0 }}
 health_checks: {{ interval: 5m }}
-circuit_breaker: {{ failure_threshold: 2, open_for: 30s }}
-{state_block(redis, "t4")}"""
-    gws = fleet(cfg)
+circuit_breaker: {breaker}
+{state_block(redis, prefix)}"""
+    return flaky, backup, fleet(cfg)
+
+
+def test_a_breaker_tripped_on_one_replica_is_skipped_by_the_others(redis):
+    flaky, backup, gws = flaky_fleet(redis, "t4", "{ failure_threshold: 2, open_for: 30s }")
     try:
         wait_synced(gws)
         one, others = gws[0], gws[1:]
@@ -266,20 +271,7 @@ circuit_breaker: {{ failure_threshold: 2, open_for: 30s }}
 
 
 def test_one_replica_sends_the_half_open_trial(redis):
-    flaky = Mock("--flavor", "openai")
-    backup = Mock("--flavor", "openai")
-    cfg = f"""
-server: {{ listen: "{{LISTEN}}" }}
-providers:
-  - {{ name: flaky, kind: openai, base_url: "{flaky.url}/v1", api_key: k }}
-  - {{ name: backup, kind: openai, base_url: "{backup.url}/v1", api_key: k }}
-models:
-  - {{ name: chat, targets: [ {{ provider: flaky, model: "m@status=500" }}, {{ provider: backup, model: m }} ] }}
-routing: {{ retry_budget: 1.0 }}
-health_checks: {{ interval: 5m }}
-circuit_breaker: {{ failure_threshold: 1, open_for: 2s }}
-{state_block(redis, "t5")}"""
-    gws = fleet(cfg)
+    flaky, backup, gws = flaky_fleet(redis, "t5", "{ failure_threshold: 1, open_for: 2s }")
     try:
         wait_synced(gws)
         assert chat(gws[0], "chat")[0] == 200

@@ -456,28 +456,7 @@ mod tests {
     }
 
     fn sts_ok(key: &str, expires_in: Duration) -> (u16, String) {
-        let exp = SystemTime::now() + expires_in;
-        let secs = exp
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        // Seconds since the epoch to a UTC timestamp (days via the civil calendar).
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        let ts = format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        );
+        let ts = crate::clock::rfc3339(SystemTime::now() + expires_in);
         (
             200,
             format!(

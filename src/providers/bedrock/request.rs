@@ -216,18 +216,12 @@ pub fn build_body(
             top_k: req.extra.get("top_k").filter(|v| !v.is_null()).cloned(),
         }
     };
-    if claude::thinking_on(&thinking) {
-        let param = if json_mode {
-            "response_format"
-        } else {
-            "tool_choice"
-        };
-        sampling.limit_for_reasoning(
-            cx,
-            forced.then_some((param, "`response_format`")),
-            turns.last().is_some_and(|t| t.role == Role::Assistant),
-        )?;
-    }
+    sampling.limit_when_thinking(
+        cx,
+        &thinking,
+        (forced, json_mode, "`response_format`"),
+        turns.last().is_some_and(|t| t.role == Role::Assistant),
+    )?;
     let Sampling {
         temperature,
         top_p,
