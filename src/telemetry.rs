@@ -6,6 +6,7 @@ pub mod logging;
 use crate::health::{BreakerState, Endpoint, Health};
 use crate::otlp::{AttrValue, Exporter, MetricData, SpanKind, SpanRecord};
 use crate::types::TokenCounts;
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -347,23 +348,21 @@ impl RequestTrace {
 
     /// Records one finished upstream attempt as a child span.
     pub fn attempt(&mut self, a: AttemptReport<'_>) {
-        let mut attributes = vec![
-            ("gen_ai.operation.name", AttrValue::Str("chat".into())),
+        let mut attributes = Vec::with_capacity(9);
+        attributes.extend([
+            (
+                "gen_ai.operation.name",
+                AttrValue::Str(Cow::Borrowed("chat")),
+            ),
             (
                 "gen_ai.provider.name",
-                AttrValue::Str(a.provider_kind.into()),
+                AttrValue::Str(Cow::Borrowed(a.provider_kind)),
             ),
-            (
-                "gen_ai.request.model",
-                AttrValue::Str(a.upstream_model.into()),
-            ),
-            ("llmux.provider", AttrValue::Str(a.provider.into())),
-        ];
+            ("gen_ai.request.model", owned(a.upstream_model)),
+            ("llmux.provider", owned(a.provider)),
+        ]);
         if let Some(t) = a.usage {
-            attributes.push((
-                "gen_ai.response.model",
-                AttrValue::Str(a.upstream_model.into()),
-            ));
+            attributes.push(("gen_ai.response.model", owned(a.upstream_model)));
             push_usage(&mut attributes, &t);
         }
         self.spans.push(SpanRecord {
@@ -382,7 +381,7 @@ impl RequestTrace {
     /// Ends the request span and hands every span to the exporter (non-blocking).
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
-        mut self,
+        self,
         exporter: &Exporter,
         model: &str,
         stream: bool,
@@ -392,19 +391,23 @@ impl RequestTrace {
         status: u16,
         error: Option<String>,
     ) {
-        let mut attributes = vec![
-            ("gen_ai.operation.name", AttrValue::Str("chat".into())),
-            ("gen_ai.request.model", AttrValue::Str(model.into())),
+        let mut attributes = Vec::with_capacity(12);
+        attributes.extend([
+            (
+                "gen_ai.operation.name",
+                AttrValue::Str(Cow::Borrowed("chat")),
+            ),
+            ("gen_ai.request.model", owned(model)),
             ("llmux.stream", AttrValue::Bool(stream)),
             ("llmux.attempts", AttrValue::Int(self.spans.len() as i64)),
             (
                 "http.response.status_code",
                 AttrValue::Int(i64::from(status)),
             ),
-        ];
+        ]);
         if let Some((provider, upstream)) = served_by {
-            attributes.push(("llmux.provider", AttrValue::Str(provider.into())));
-            attributes.push(("gen_ai.response.model", AttrValue::Str(upstream.into())));
+            attributes.push(("llmux.provider", owned(provider)));
+            attributes.push(("gen_ai.response.model", owned(upstream)));
         }
         if let Some(t) = usage {
             push_usage(&mut attributes, &t);
@@ -412,10 +415,7 @@ impl RequestTrace {
         if let Some(c) = cost_usd {
             attributes.push(("llmux.cost_usd", AttrValue::Double(c)));
         }
-        for span in self.spans.drain(..) {
-            exporter.submit(span);
-        }
-        exporter.submit(SpanRecord {
+        let request_span = SpanRecord {
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent_span_id: self.parent,
@@ -425,8 +425,13 @@ impl RequestTrace {
             end: SystemTime::now(),
             attributes,
             error,
-        });
+        };
+        exporter.submit_all(self.spans.into_iter().chain(std::iter::once(request_span)));
     }
+}
+
+fn owned(s: &str) -> AttrValue {
+    AttrValue::Str(Cow::Owned(s.to_owned()))
 }
 
 fn push_usage(attributes: &mut Vec<(&'static str, AttrValue)>, t: &TokenCounts) {

@@ -914,6 +914,7 @@ def profile_run(a):
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, lambda n, f: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {n}")))
     out = work / "callgrind.out"
+    otlp = OtlpSink() if a.otlp else None
     try:
         mock_port = free_port()
         t0 = time.perf_counter()
@@ -927,7 +928,8 @@ def profile_run(a):
         if a.target == "llmux":
             cfg = work / "llmux.yaml"
             cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port,
-                                               oai_limits="", state="", telemetry=""))
+                                               oai_limits="", state="",
+                                               telemetry=TELEMETRY.format(port=otlp.port) if otlp else ""))
             argv = [bin_llmux, "serve", "--config", cfg]
             model = f"bench-{a.path}"
         else:
@@ -958,6 +960,8 @@ def profile_run(a):
         kids.stop(mock)
     finally:
         kids.stop_all()
+        if otlp:
+            otlp.stop()
     total = 0
     for line in out.read_text(errors="replace").splitlines():
         if line.startswith("summary:") or line.startswith("totals:"):
@@ -970,7 +974,7 @@ def profile_run(a):
     (work / "inclusive.txt").write_text(incl)
     label = (f"{a.target}{' --work-stealing' if a.target == 'floor' and a.work_stealing else ''} "
              f"{PATH_LABEL[a.path] if a.target == 'llmux' else 'OpenAI→OpenAI'} {'stream' if a.stream else 'non-stream'}"
-             f"{', RUST_LOG=' + a.rust_log if a.rust_log else ''}")
+             f"{', RUST_LOG=' + a.rust_log if a.rust_log else ''}{', OTLP export' if otlp else ''}")
     print(f"## callgrind: {label}, {a.requests} requests (after {a.warmup} warm-up)")
     print(f"instructions per request: {total / a.requests:,.0f}  (total {total:,})")
     print(f"files: {out}, {work}/self.txt, {work}/inclusive.txt")
@@ -1236,6 +1240,8 @@ def main():
     pr.add_argument("--requests", type=int, default=2000)
     pr.add_argument("--warmup", type=int, default=200)
     pr.add_argument("--rust-log", default=None, help="RUST_LOG for llmux (default: its own, info)")
+    pr.add_argument("--otlp", action="store_true",
+                    help="llmux: export spans and metrics to a local OTLP sink, as the load run does")
     pr.add_argument("--top", type=int, default=30)
     pr.add_argument("--threshold", type=float, default=99.0)
     pr.add_argument("--llmux-bin", default=str(ROOT / "target/release/llmux"))

@@ -26,6 +26,9 @@ pub(crate) struct Request {
     pub(crate) target: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Vec<u8>,
+    /// Which client connection carried it (numbered from 1 in accept order), so tests can
+    /// tell which requests shared a pooled connection.
+    pub(crate) connection: u64,
     keep_alive: bool,
 }
 
@@ -125,12 +128,15 @@ impl Response {
 }
 
 /// Runs one client connection until it closes, errs, or a response ends it.
-pub(crate) async fn serve_conn(mut stream: TcpStream, state: Arc<State>) {
+pub(crate) async fn serve_conn(mut stream: TcpStream, state: Arc<State>, connection: u64) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     loop {
         let mut req = match read_head(&mut stream, &mut buf).await {
-            Ok(Ok(Some(req))) => req,
+            Ok(Ok(Some(mut req))) => {
+                req.connection = connection;
+                req
+            }
             Ok(Err((status, msg))) => {
                 let resp = http_error(guess_flavor(state.opts.flavor, "", false), status, msg);
                 let _ = write_response(&mut stream, resp, false).await;
@@ -180,6 +186,7 @@ async fn read_head(
                         target: parsed.path.unwrap_or("/").to_string(),
                         headers: parsed.headers.iter().map(header).collect(),
                         body: Vec::new(),
+                        connection: 0,
                         keep_alive: false,
                     };
                     req.keep_alive = match parsed.version {

@@ -74,11 +74,12 @@
 //!   flavors `mistral`, `deepseek` and `qwen` also serve the provider's own unprefixed paths
 //!   (`/v1/chat/completions`, `/chat/completions`, `/compatible-mode/v1/...`); `azure` and
 //!   `bedrock` serve their paths; `openai` also serves `/compat/v1`.
-//! * `GET /_mock/requests` → `{"requests":[{method,path,model,body_bytes,stream,headers}]}` (last
+//! * `GET /_mock/requests` → `{"requests":[{method,path,model,body_bytes,stream,headers,connection}]}` (last
 //!   256, newest last; credentials (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`,
 //!   `x-amz-security-token`) shown as `"present"`, also `?key=`; `model` is the Azure
 //!   deployment or Bedrock model id when it is in the path; `aws_access_key_id` names the
-//!   access key of a SigV4 signature); `POST /_mock/reset` clears that log and the
+//!   access key of a SigV4 signature; `connection` numbers the client connection that carried
+//!   the request, from 1 in accept order); `POST /_mock/reset` clears that log and the
 //!   prompt-cache memory (registered AWS credentials stay).
 //! * Anything else → 404 in the provider's error shape.
 //!
@@ -254,13 +255,15 @@ pub async fn serve<F: Future<Output = ()> + Send>(
         aws_credentials: Mutex::new(HashMap::new()),
     });
     let mut conns = tokio::task::JoinSet::new();
+    let mut accepted_connections = 0u64;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    conns.spawn(http::serve_conn(stream, state.clone()));
+                    accepted_connections += 1;
+                    conns.spawn(http::serve_conn(stream, state.clone(), accepted_connections));
                 }
                 Err(e) => {
                     // e.g. EMFILE: back off briefly instead of spinning or giving up.
@@ -672,6 +675,7 @@ struct LogEntry {
     body_bytes: usize,
     stream: bool,
     headers: Vec<(String, String)>,
+    connection: u64,
     /// The access key id of a SigV4 `authorization` (an identifier, not a secret: AWS logs it
     /// too), so tests can tell which credentials signed a request.
     aws_access_key_id: Option<String>,
@@ -687,7 +691,8 @@ impl LogEntry {
             }
         }
         let mut entry = json!({"method": self.method, "path": self.path, "model": self.model,
-               "body_bytes": self.body_bytes, "stream": self.stream, "headers": headers});
+               "body_bytes": self.body_bytes, "stream": self.stream, "headers": headers,
+               "connection": self.connection});
         if let Some(id) = &self.aws_access_key_id {
             entry["aws_access_key_id"] = id.as_str().into();
         }
@@ -709,6 +714,7 @@ fn record(state: &State, req: &Request, model: Option<&str>, stream: bool) {
         body_bytes: req.body.len(),
         stream,
         headers: req.headers.iter().map(redact).collect(),
+        connection: req.connection,
         aws_access_key_id: req
             .header("authorization")
             .and_then(sigv4::parse_authorization)

@@ -511,8 +511,11 @@ async fn attempt(
             "the attempt's deadline passed before an answer",
         )
     };
-    let opened =
-        tokio::time::timeout_at(attempt_deadline.into(), open(state, target, upstream_req)).await;
+    let opened = tokio::time::timeout_at(
+        attempt_deadline.into(),
+        open(state, target, upstream_req, Connection::Pooled),
+    )
+    .await;
     let (mut up, peer) = opened.map_err(|_| timed_out())??;
     let sent_at = Instant::now();
     let status = up.response_header().map_or(0, |h| h.status.as_u16());
@@ -750,12 +753,25 @@ async fn pump(
     }
 }
 
+/// Which connections a caller takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Connection {
+    /// The shared keep-alive pool: user requests.
+    Pooled,
+    /// Always a new one, outside the pool, never reused: health probes (see `probe.rs`).
+    Fresh,
+}
+
+/// Pool key of fresh connections: nothing is ever released under it, so a lookup never hits.
+const FRESH_GROUP: u64 = u64::from_be_bytes(*b"llmuxnew");
+
 /// Connects (or reuses a pooled connection), sends the request and reads the response
 /// header. A pooled connection the server already closed is retried on a fresh one.
 pub(crate) async fn open(
     state: &GatewayState,
     target: &Target,
     upstream_req: &UpstreamRequest,
+    connection: Connection,
 ) -> Result<(HttpSession, HttpPeer), UpstreamFailure> {
     let provider = &target.provider;
     let name = provider.name.as_str();
@@ -769,6 +785,9 @@ pub(crate) async fn open(
     peer.options.connection_timeout = Some(t.connect.0);
     peer.options.total_connection_timeout = Some(t.connect.0);
     peer.options.idle_timeout = Some(POOL_IDLE);
+    if connection == Connection::Fresh {
+        peer.group_key = FRESH_GROUP;
+    }
     let mut tries = 0;
     loop {
         tries += 1;

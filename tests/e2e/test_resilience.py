@@ -201,6 +201,42 @@ health_checks: {{ interval: 150ms }}
         down.stop()
 
 
+def test_probe_connections_are_closed_not_lent_to_user_requests():
+    """A probe runs on the prober's own runtime; a pooled probe connection would route every
+    user request's I/O through that thread. Probes close their connections, and user
+    requests ride on connections of their own."""
+    up = Mock("--flavor", "openai")
+    cfg = f"""
+server: {{ listen: "{{LISTEN}}" }}
+providers:
+  - {{ name: a, kind: openai, base_url: "{up.url}/v1", api_key: ka }}
+models:
+  - {{ name: chat, targets: [ {{ provider: a, model: gpt-a }} ] }}
+health_checks: {{ interval: 100ms }}
+"""
+    g = Gateway(cfg)
+    try:
+        def probes():
+            return [r for r in up.requests() if r["method"] == "GET" and r["path"].startswith("/v1/models")]
+
+        for round in range(1, 4):
+            assert wait_until(lambda: len(probes()) >= 2 * round, timeout=5)
+            for _ in range(4):
+                status, _, _ = g.request("POST", "/v1/chat/completions", body("chat"))
+                assert status == 200
+        log = up.requests()
+        probe_conns = [r["connection"] for r in log if r["method"] == "GET"]
+        chat_conns = [r["connection"] for r in log if r["method"] == "POST"]
+        assert len(chat_conns) == 12 and len(probe_conns) >= 3
+        assert all(c >= 1 for c in probe_conns + chat_conns), "the mock numbers connections"
+        assert not set(probe_conns) & set(chat_conns), (probe_conns, chat_conns)
+        assert len(set(probe_conns)) == len(probe_conns), "each probe on a fresh connection"
+        assert len(set(chat_conns)) < len(chat_conns), "user requests still reuse pooled connections"
+    finally:
+        g.stop()
+        up.stop()
+
+
 def test_all_endpoints_out_is_503_no_healthy_endpoint_without_touching_providers(mock):
     cfg = f"""
 server: {{ listen: "{{LISTEN}}" }}
