@@ -938,7 +938,7 @@ def profile_run(a):
                 argv.append("--work-stealing")
             model = "gpt-4o-mini"
         vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-              "--dump-instr=no", "--compress-strings=no"]
+              "--dump-instr=no", "--compress-strings=no"] + (["--cache-sim=yes"] if a.cache_sim else [])
         t0 = time.perf_counter()
         p = kids.spawn(vg + argv, a.proxy_cpu, work / "proxy.log", env=env)
         wait_ready(p, port, "/readyz", t0, work / "proxy.log", timeout=120)
@@ -962,10 +962,13 @@ def profile_run(a):
         kids.stop_all()
         if otlp:
             otlp.stop()
-    total = 0
+    total, events, counts = 0, [], []
     for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
         if line.startswith("summary:") or line.startswith("totals:"):
-            total = int(line.split()[1])
+            counts = [int(x) for x in line.split()[1:]]
+            total = counts[0]
     ann = subprocess.run(["callgrind_annotate", "--inclusive=no", f"--threshold={a.threshold}", str(out)],
                          capture_output=True, text=True).stdout
     incl = subprocess.run(["callgrind_annotate", "--inclusive=yes", f"--threshold={a.threshold}", str(out)],
@@ -977,6 +980,9 @@ def profile_run(a):
              f"{', RUST_LOG=' + a.rust_log if a.rust_log else ''}{', OTLP export' if otlp else ''}")
     print(f"## callgrind: {label}, {a.requests} requests (after {a.warmup} warm-up)")
     print(f"instructions per request: {total / a.requests:,.0f}  (total {total:,})")
+    if len(events) > 1:
+        # With --cache-sim: I1/D1 misses (first level), LL misses (last level), per request.
+        print("per request: " + ", ".join(f"{e} {c / a.requests:,.0f}" for e, c in zip(events, counts)))
     print(f"files: {out}, {work}/self.txt, {work}/inclusive.txt")
     print()
     print("top self cost (Ir, % of total, symbol):")
@@ -1240,6 +1246,8 @@ def main():
     pr.add_argument("--requests", type=int, default=2000)
     pr.add_argument("--warmup", type=int, default=200)
     pr.add_argument("--rust-log", default=None, help="RUST_LOG for llmux (default: its own, info)")
+    pr.add_argument("--cache-sim", action="store_true",
+                    help="simulate the caches too (I1/D1/LL misses per request; ~2x slower)")
     pr.add_argument("--otlp", action="store_true",
                     help="llmux: export spans and metrics to a local OTLP sink, as the load run does")
     pr.add_argument("--top", type=int, default=30)
