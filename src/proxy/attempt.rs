@@ -23,6 +23,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -511,8 +512,8 @@ async fn attempt(
             "the attempt's deadline passed before an answer",
         )
     };
-    let opened = tokio::time::timeout_at(
-        attempt_deadline.into(),
+    let opened = within(
+        attempt_deadline,
         open(state, target, upstream_req, Connection::Pooled),
     )
     .await;
@@ -524,8 +525,8 @@ async fn attempt(
             .response_header()
             .map(|h| h.headers.clone())
             .unwrap_or_default();
-        let body = tokio::time::timeout_at(
-            attempt_deadline.into(),
+        let body = within(
+            attempt_deadline,
             read_all(&mut up, provider.timeouts.idle.0, MAX_ERROR_BODY, name),
         )
         .await
@@ -544,8 +545,8 @@ async fn attempt(
     ];
 
     if !req.stream {
-        let read = tokio::time::timeout_at(
-            attempt_deadline.into(),
+        let read = within(
+            attempt_deadline,
             read_all(&mut up, provider.timeouts.idle.0, MAX_UPSTREAM_BODY, name),
         )
         .await;
@@ -588,7 +589,7 @@ async fn attempt(
     let mut ended = false;
     up.set_read_timeout(Some(provider.timeouts.idle.0));
     while out.is_empty() && !ended {
-        let chunk = tokio::time::timeout_at(attempt_deadline.into(), up.read_response_body())
+        let chunk = within(attempt_deadline, up.read_response_body())
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| pingora_failure(name, &e))?;
@@ -697,7 +698,7 @@ async fn pump(
 ) -> Result<bool, AttemptError> {
     let mut out = BytesMut::new();
     loop {
-        let read = tokio::time::timeout_at(deadline.into(), up.read_response_body()).await;
+        let read = within(deadline, up.read_response_body()).await;
         let failure = match read {
             Ok(Ok(Some(chunk))) => match translator.feed(&chunk, &mut out) {
                 Ok(()) => {
@@ -751,6 +752,17 @@ async fn pump(
             .map_err(|_| AttemptError::ClientGone)?;
         return Ok(false);
     }
+}
+
+/// `fut`, bounded by `deadline`, on Pingora's timer wheel (10 ms buckets shared by every
+/// request, a timer registered only when `fut` has to wait) rather than tokio's: a tokio timer
+/// earlier than every pending one re-arms the driver through its eventfd, an extra `write` and
+/// wake-up on every request (measured at c=1: one per request, ~15 % of the CPU).
+fn within<F: Future>(
+    deadline: Instant,
+    fut: F,
+) -> impl Future<Output = Result<F::Output, pingora::time::Elapsed>> {
+    pingora::time::timeout(deadline.saturating_duration_since(Instant::now()), fut)
 }
 
 /// Which connections a caller takes.
