@@ -1125,7 +1125,7 @@ def render(res):
                  "llmux-ledger": "llmux with a budget and a free tier (state: memory)",
                  "llmux-redis": "llmux with the same limits, state.backend: redis",
                  "llmux-t2": "llmux, threads=2 on the one core",
-                 "floor-ws": "floor with work_stealing: true (llmux's runtime today)"}
+                 "floor-ws": "floor with work_stealing: true (Pingora's default runtime)"}
         w("")
         w("### Variants (OpenAI→OpenAI, non-stream)")
         w("")

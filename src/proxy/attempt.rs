@@ -512,9 +512,11 @@ async fn attempt(
             "the attempt's deadline passed before an answer",
         )
     };
+    // Boxed: `open` holds Pingora's connector future (~9 KB), which would otherwise be copied
+    // through the timeout wrapper and inflate this future (itself boxed per request).
     let opened = within(
         attempt_deadline,
-        open(state, target, upstream_req, Connection::Pooled),
+        Box::pin(open(state, target, upstream_req, Connection::Pooled)),
     )
     .await;
     let (mut up, peer) = opened.map_err(|_| timed_out())??;
