@@ -13,6 +13,7 @@ pub mod dashboard;
 pub mod dns;
 pub mod fleet;
 pub mod health;
+pub mod json_text;
 pub mod mock;
 pub mod otlp;
 pub mod pricing;

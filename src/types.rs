@@ -4,10 +4,13 @@
 //! and never sees the raw bytes. Fields llmux does not model are kept in `extra` maps, so a
 //! request forwarded to an OpenAI-dialect provider loses nothing.
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::fmt;
+
+pub use crate::json_text::JsonText;
 
 /// Unknown JSON fields kept verbatim.
 pub type Extra = Map<String, Value>;
@@ -85,7 +88,7 @@ impl ChatRequest {
         // (characters of text, tokens of media)
         fn measure(c: &Content) -> (usize, u64) {
             match c {
-                Content::Text(t) => (t.len(), 0),
+                Content::Text(t) => (t.encoded_len(), 0),
                 Content::Parts(parts) => parts.iter().fold((0, 0), |(chars, media), p| match p {
                     ContentPart::Text { text, .. } => (chars + text.len(), media),
                     // A typical image costs a few hundred tokens at any provider.
@@ -360,7 +363,7 @@ impl<'de> Deserialize<'de> for Message {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Content {
-    Text(String),
+    Text(JsonText),
     Parts(Vec<ContentPart>),
 }
 
@@ -368,7 +371,7 @@ impl Content {
     /// All text of the content, parts concatenated (images and other media skipped).
     pub fn text(&self) -> String {
         match self {
-            Content::Text(t) => t.clone(),
+            Content::Text(t) => t.as_str().into_owned(),
             Content::Parts(parts) => parts
                 .iter()
                 .filter_map(|p| match p {
@@ -380,28 +383,55 @@ impl Content {
     }
 }
 
-// A hand-written visitor gives "expected a string or an array of content parts" instead of
-// serde's opaque "did not match any variant of untagged enum".
+// Content is captured as raw JSON first, so a string stays in the client's encoding
+// ([`JsonText`]); an array is then parsed into parts. Errors name what was expected ("a
+// string or an array of content parts") instead of serde's opaque "did not match any variant
+// of untagged enum".
 impl<'de> Deserialize<'de> for Content {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ContentVisitor;
-        impl<'de> Visitor<'de> for ContentVisitor {
-            type Value = Content;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an array of content parts")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
-                Ok(Content::Text(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
-                Ok(Content::Text(v))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Content, A::Error> {
-                Vec::<ContentPart>::deserialize(de::value::SeqAccessDeserializer::new(seq))
-                    .map(Content::Parts)
+        let raw = <Box<RawValue>>::deserialize(d)?;
+        match raw.get().as_bytes().first() {
+            Some(b'"') => JsonText::from_raw(raw)
+                .map(Content::Text)
+                .map_err(de::Error::custom),
+            Some(b'[') => parse_parts(raw.get()).map(Content::Parts),
+            _ => Err(de::Error::invalid_type(
+                unexpected(raw.get()),
+                &"a string or an array of content parts",
+            )),
+        }
+    }
+}
+
+/// Content parts from their raw JSON array. On failure the error names the part and field
+/// (`[1].type: ...`), as the path-tracking parse does for the fields around it.
+fn parse_parts<E: de::Error>(raw: &str) -> Result<Vec<ContentPart>, E> {
+    serde_json::from_str(raw).map_err(|_| {
+        let de = &mut serde_json::Deserializer::from_str(raw);
+        match serde_path_to_error::deserialize::<_, Vec<ContentPart>>(de) {
+            Ok(_) => E::custom("invalid content parts"),
+            Err(e) => E::custom(format_args!("{}: {}", e.path(), e.inner())),
+        }
+    })
+}
+
+/// What a raw JSON value that is neither a string nor an array is, for a type error.
+fn unexpected(raw: &str) -> de::Unexpected<'_> {
+    match raw.as_bytes().first() {
+        Some(b'{') => de::Unexpected::Map,
+        Some(b'n') => de::Unexpected::Unit,
+        Some(b't') => de::Unexpected::Bool(true),
+        Some(b'f') => de::Unexpected::Bool(false),
+        _ => {
+            if let Ok(n) = raw.parse::<u64>() {
+                de::Unexpected::Unsigned(n)
+            } else if let Ok(n) = raw.parse::<i64>() {
+                de::Unexpected::Signed(n)
+            } else {
+                raw.parse::<f64>()
+                    .map_or(de::Unexpected::Other(raw), de::Unexpected::Float)
             }
         }
-        d.deserialize_any(ContentVisitor)
     }
 }
 
@@ -920,6 +950,80 @@ mod tests {
             "ephemeral"
         );
         assert_eq!(out["metadata"]["a"], "b");
+    }
+
+    #[test]
+    fn string_content_passes_through_in_the_clients_encoding() {
+        // Escapes as the client wrote them, including ones serde_json would write differently
+        // (`\u00e9`, `\/`): the text is copied, never unescaped and re-escaped.
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9 \"q\"\ta\/b \ud83d\ude00"}]}"#;
+        let req = parse(body).unwrap();
+        let Message::User {
+            content: Content::Text(t),
+            ..
+        } = &req.messages[0]
+        else {
+            panic!("string content");
+        };
+        assert_eq!(t.json(), r#""caf\u00e9 \"q\"\ta\/b \ud83d\ude00""#);
+        assert_eq!(t.as_str(), "café \"q\"\ta/b 😀");
+        assert!(!t.is_empty());
+        let out = serde_json::to_string(&req.messages).unwrap();
+        assert_eq!(
+            out,
+            r#"[{"role":"user","content":"caf\u00e9 \"q\"\ta\/b \ud83d\ude00"}]"#
+        );
+        // Through a `Value` (the dialect rewrites, `json!`) it is the unescaped string.
+        let v = serde_json::to_value(&req.messages).unwrap();
+        assert_eq!(v[0]["content"], "café \"q\"\ta/b 😀");
+    }
+
+    #[test]
+    fn a_lone_surrogate_in_string_content_is_refused_as_before() {
+        let err = parse(r#"{"model":"m","messages":[{"role":"user","content":"a \ud83d b"}]}"#)
+            .unwrap_err();
+        assert!(
+            err.starts_with("messages[0].content | lone surrogate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn content_of_every_other_type_is_refused_by_name() {
+        for (content, kind) in [
+            ("5", "integer `5`"),
+            ("-5", "integer `-5`"),
+            ("1.5", "floating point `1.5`"),
+            ("true", "boolean `true`"),
+            ("{}", "map"),
+        ] {
+            let body =
+                format!(r#"{{"model":"m","messages":[{{"role":"user","content":{content}}}]}}"#);
+            let err = parse(&body).unwrap_err();
+            let want = format!(
+                "messages[0].content | invalid type: {kind}, expected a string or an array of content parts at line 1"
+            );
+            assert!(err.starts_with(&want), "{err}");
+        }
+        // `null` is a missing content for a user message.
+        let err =
+            parse(r#"{"model":"m","messages":[{"role":"user","content":null}]}"#).unwrap_err();
+        assert!(err.contains("content"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_content_part_is_named_inside_the_content() {
+        let err = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"wizard"}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("messages[0].content | [1]"), "{err}");
+        assert!(err.contains("wizard"), "{err}");
+        let err = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("messages[0].content | [0]"), "{err}");
     }
 
     #[test]

@@ -609,8 +609,12 @@ fn convert_messages(cx: &Ctx, messages: &[Message]) -> Result<Conversation, Gate
                 claude::check_tool_result(cx, &turns, tool_call_id, &id, &param)?;
                 let mut block = json!({"type": "tool_result", "tool_use_id": id});
                 match content {
-                    Content::Text(t) if !t.trim().is_empty() => block["content"] = t.clone().into(),
-                    Content::Text(_) => {}
+                    Content::Text(t) => {
+                        let t = t.as_str();
+                        if !t.trim().is_empty() {
+                            block["content"] = t.into_owned().into();
+                        }
+                    }
                     Content::Parts(_) => {
                         let inner = user_blocks(cx, content, &format!("messages[{i}].content"))?;
                         if !inner.is_empty() {
@@ -675,7 +679,7 @@ fn text_only_blocks(
     role: &str,
 ) -> Result<Vec<Value>, GatewayError> {
     match content {
-        Content::Text(t) => Ok(text_block(t, None).into_iter().collect()),
+        Content::Text(t) => Ok(text_block(&t.as_str(), None).into_iter().collect()),
         Content::Parts(parts) => {
             let mut blocks = Vec::new();
             for (j, part) in parts.iter().enumerate() {
@@ -702,7 +706,7 @@ fn text_only_blocks(
 /// User (and tool-result) content: text, images, PDF files.
 fn user_blocks(cx: &Ctx, content: &Content, param: &str) -> Result<Vec<Value>, GatewayError> {
     let parts = match content {
-        Content::Text(t) => return Ok(text_block(t, None).into_iter().collect()),
+        Content::Text(t) => return Ok(text_block(&t.as_str(), None).into_iter().collect()),
         Content::Parts(parts) => parts,
     };
     let mut blocks = Vec::new();

@@ -680,7 +680,7 @@ impl Conversation {
         match content {
             None => {}
             Some(Content::Text(t)) if t.is_empty() => {}
-            Some(Content::Text(t)) => parts.push(json!({ "text": t })),
+            Some(Content::Text(t)) => parts.push(json!({ "text": t.as_str().into_owned() })),
             Some(Content::Parts(ps)) => {
                 for (j, p) in ps.iter().enumerate() {
                     match p {
@@ -754,7 +754,7 @@ impl Conversation {
         }
         call.answered = true;
         let text = match content {
-            Content::Text(t) => t.clone(),
+            Content::Text(t) => t.as_str().into_owned(),
             Content::Parts(parts) => {
                 let mut text = String::new();
                 for (j, p) in parts.iter().enumerate() {
@@ -811,7 +811,10 @@ fn parse_arguments(arguments: &str, at: &str) -> Result<Value, GatewayError> {
 
 fn system_texts(content: &Content, at: &str) -> Result<Vec<String>, GatewayError> {
     match content {
-        Content::Text(t) => Ok((!t.is_empty()).then(|| t.clone()).into_iter().collect()),
+        Content::Text(t) => Ok((!t.is_empty())
+            .then(|| t.as_str().into_owned())
+            .into_iter()
+            .collect()),
         Content::Parts(parts) => {
             let mut out = Vec::new();
             for (j, p) in parts.iter().enumerate() {
@@ -836,7 +839,7 @@ fn system_texts(content: &Content, at: &str) -> Result<Vec<String>, GatewayError
 
 fn user_parts(content: &Content, at: &str) -> Result<Vec<Value>, GatewayError> {
     let parts = match content {
-        Content::Text(t) => return Ok(vec![json!({ "text": t })]),
+        Content::Text(t) => return Ok(vec![json!({ "text": t.as_str().into_owned() })]),
         Content::Parts(parts) => parts,
     };
     let mut out = Vec::with_capacity(parts.len());

@@ -609,6 +609,11 @@ async fn attempt(
     let mut head = respond::header(200, "text/event-stream; charset=utf-8", rid, &stream_extra)
         .map_err(|_| AttemptError::ClientGone)?;
     let _ = head.insert_header("transfer-encoding", HeaderValue::from_static("chunked"));
+    // Pingora sends a stream's head on its own: corked, the head and the first event reach
+    // the client in one segment, and the first token no longer waits behind a send.
+    let cork = session
+        .as_http1()
+        .and_then(|h1| Cork::new(h1.stream().id()));
     session
         .write_response_header(Box::new(head), false)
         .await
@@ -617,6 +622,7 @@ async fn attempt(
         .write_response_body(Some(out.split().freeze()), ended)
         .await
         .map_err(|_| AttemptError::ClientGone)?;
+    drop(cork);
     let clean_end = ended
         || pump(
             session,
@@ -823,6 +829,12 @@ pub(crate) async fn open(
 }
 
 async fn exchange(up: &mut HttpSession, host: String, r: &UpstreamRequest) -> pingora::Result<()> {
+    // Pingora flushes the head before the body is written: without the cork they would
+    // leave as two segments, each a transmit here and a wake-up at the provider.
+    let cork = match r.body.is_empty() {
+        true => None,
+        false => up.as_http1().and_then(|h1| Cork::new(h1.stream().id())),
+    };
     let mut head = RequestHeader::build(r.method, r.path.as_bytes(), Some(r.headers.len() + 4))?;
     head.insert_header("host", host)?;
     head.insert_header(
@@ -840,7 +852,42 @@ async fn exchange(up: &mut HttpSession, host: String, r: &UpstreamRequest) -> pi
         up.write_request_body(r.body.clone(), true).await?;
     }
     up.finish_request_body().await?;
+    drop(cork);
     up.read_response_header().await
+}
+
+/// Holds a TCP socket's writes in the kernel (`TCP_CORK`) until dropped, so a message's head
+/// and body go out together in one segment: one transmit here, one wake-up at the peer.
+/// Best effort: on a socket that is not TCP nothing changes.
+struct Cork(std::os::fd::RawFd);
+
+impl Cork {
+    fn new(fd: std::os::fd::RawFd) -> Option<Cork> {
+        set_cork(fd, true).then_some(Cork(fd))
+    }
+}
+
+impl Drop for Cork {
+    fn drop(&mut self) {
+        // Uncorking sends what is queued at once.
+        set_cork(self.0, false);
+    }
+}
+
+fn set_cork(fd: std::os::fd::RawFd, on: bool) -> bool {
+    let value: libc::c_int = on.into();
+    // SAFETY: `fd` is the open socket of the session that outlives the `Cork`; the option value
+    // is a live `c_int` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 /// Reads a whole body with a per-read idle timeout and a size cap.
@@ -899,4 +946,47 @@ fn pingora_failure(provider: &str, e: &pingora::Error) -> UpstreamFailure {
         _ => FailureKind::Protocol,
     };
     UpstreamFailure::new(provider, kind, format!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_cork_holds_small_writes_until_it_is_dropped() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // As Pingora's upstream sockets are.
+        sender.set_nodelay(true).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        receiver.set_nonblocking(true).unwrap();
+
+        let cork = Cork::new(sender.as_raw_fd()).expect("a TCP socket takes TCP_CORK");
+        sender.write_all(b"head ").unwrap();
+        sender.write_all(b"body").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut buf = [0u8; 64];
+        let held = receiver.read(&mut buf).map_err(|e| e.kind());
+        assert_eq!(
+            held,
+            Err(ErrorKind::WouldBlock),
+            "nothing leaves while corked"
+        );
+
+        drop(cork);
+        receiver.set_nonblocking(false).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let n = receiver.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"head body", "both writes arrive as one segment");
+    }
+
+    #[test]
+    fn a_socket_that_is_not_tcp_is_left_alone() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(Cork::new(a.as_raw_fd()).is_none());
+    }
 }

@@ -594,7 +594,7 @@ impl Converter {
         param: &str,
     ) -> Result<Vec<Value>, GatewayError> {
         let parts = match content {
-            Content::Text(t) => return Ok(text_block(t).into_iter().collect()),
+            Content::Text(t) => return Ok(text_block(&t.as_str()).into_iter().collect()),
             Content::Parts(parts) => parts,
         };
         let mut blocks = Vec::new();
@@ -669,7 +669,7 @@ impl Converter {
         let mut out = Vec::new();
         let mut cache = None;
         match content {
-            Content::Text(t) => out.extend(text_block(t)),
+            Content::Text(t) => out.extend(text_block(&t.as_str())),
             Content::Parts(parts) => {
                 for (j, part) in parts.iter().enumerate() {
                     let param = format!("{param}[{j}]");
@@ -735,7 +735,7 @@ fn text_only_blocks(
     role: &str,
 ) -> Result<Vec<Value>, GatewayError> {
     match content {
-        Content::Text(t) => Ok(text_block(t).into_iter().collect()),
+        Content::Text(t) => Ok(text_block(&t.as_str()).into_iter().collect()),
         Content::Parts(parts) => {
             let mut blocks = Vec::new();
             for (j, part) in parts.iter().enumerate() {
