@@ -50,10 +50,37 @@ impl JsonText {
         self.inner().is_empty()
     }
 
-    /// The length of the encoded text in bytes: the text's own length, plus one byte per
-    /// escape (five per `\uXXXX`). Close enough for size estimates, without unescaping.
-    pub fn encoded_len(&self) -> usize {
-        self.inner().len()
+    /// The text's length in UTF-8 bytes (what `as_str().len()` gives), counted over the
+    /// escapes without unescaping. Prompt-size estimates use it: the encoded length would
+    /// count a `\u00e9` as six bytes, and a client that escapes all non-ASCII text would see
+    /// its prompts estimated two to three times too large.
+    pub fn text_len(&self) -> usize {
+        let inner = self.inner();
+        let bytes = inner.as_bytes();
+        let mut len = bytes.len();
+        let mut at = 0;
+        while let Some(found) = memchr::memchr(b'\\', &bytes[at..]) {
+            let escape = at + found;
+            if bytes.get(escape + 1) == Some(&b'u') {
+                let unit = inner.get(escape + 2..).and_then(hex4).unwrap_or(0);
+                if (0xD800..=0xDBFF).contains(&unit) {
+                    // A surrogate pair: twelve encoded bytes for one four-byte character.
+                    len = len.saturating_sub(8);
+                    at = escape + 12;
+                } else {
+                    let utf8 = char::from_u32(unit).map_or(3, char::len_utf8);
+                    len = len.saturating_sub(6 - utf8);
+                    at = escape + 6;
+                }
+            } else {
+                len = len.saturating_sub(1);
+                at = escape + 2;
+            }
+            if at >= bytes.len() {
+                break;
+            }
+        }
+        len
     }
 
     /// The JSON string literal, quotes included.
@@ -164,7 +191,7 @@ mod tests {
         let t = JsonText::from("plain text");
         assert!(matches!(t.as_str(), Cow::Borrowed("plain text")));
         assert_eq!(t.json(), r#""plain text""#);
-        assert_eq!(t.encoded_len(), 10);
+        assert_eq!(t.text_len(), 10);
         let t = JsonText::from("line\n\"two\"");
         assert!(matches!(t.as_str(), Cow::Owned(_)));
         assert_eq!(t.as_str(), "line\n\"two\"");
@@ -197,6 +224,44 @@ mod tests {
         let t = JsonText::from_raw(raw(r#""\\ud83d""#)).unwrap();
         assert_eq!(t.as_str(), "\\ud83d");
         assert!(JsonText::from_raw(raw("5")).is_err());
+    }
+
+    #[test]
+    fn text_len_counts_the_text_not_its_escapes() {
+        for json in [
+            r#""plain""#,
+            r#""""#,
+            r#""caf\u00e9 \u20ac \ud83d\ude00 \u0041""#,
+            r#""\"q\" \\ \n\t end\\""#,
+            r#""\\u00e9""#,
+        ] {
+            let t = JsonText::from_raw(raw(json)).unwrap();
+            assert_eq!(t.text_len(), t.as_str().len(), "{json}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn text_len_is_the_unescaped_length(text in any::<String>(), ascii_only in any::<bool>()) {
+            // Both encodings clients send: raw UTF-8, and every non-ASCII character escaped.
+            let mut json = serde_json::to_string(&text).unwrap();
+            if ascii_only {
+                json = json
+                    .chars()
+                    .map(|c| match c.is_ascii() {
+                        true => c.to_string(),
+                        false => c
+                            .encode_utf16(&mut [0; 2])
+                            .iter()
+                            .map(|u| format!("\\u{u:04x}"))
+                            .collect(),
+                    })
+                    .collect();
+            }
+            let t = JsonText::from_raw(raw(&json)).unwrap();
+            prop_assert_eq!(t.as_str(), text.as_str());
+            prop_assert_eq!(t.text_len(), text.len());
+        }
     }
 
     proptest! {

@@ -88,7 +88,7 @@ impl ChatRequest {
         // (characters of text, tokens of media)
         fn measure(c: &Content) -> (usize, u64) {
             match c {
-                Content::Text(t) => (t.encoded_len(), 0),
+                Content::Text(t) => (t.text_len(), 0),
                 Content::Parts(parts) => parts.iter().fold((0, 0), |(chars, media), p| match p {
                     ContentPart::Text { text, .. } => (chars + text.len(), media),
                     // A typical image costs a few hundred tokens at any provider.
@@ -976,6 +976,22 @@ mod tests {
         // Through a `Value` (the dialect rewrites, `json!`) it is the unescaped string.
         let v = serde_json::to_value(&req.messages).unwrap();
         assert_eq!(v[0]["content"], "café \"q\"\ta/b 😀");
+    }
+
+    #[test]
+    fn prompt_estimate_does_not_depend_on_how_the_client_escaped_text() {
+        let utf8 = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"日本語のテキスト, café"}]}"#,
+        )
+        .unwrap();
+        let escaped = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8, caf\u00e9"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            utf8.estimate_prompt_tokens(),
+            escaped.estimate_prompt_tokens()
+        );
     }
 
     #[test]
