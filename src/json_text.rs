@@ -25,7 +25,9 @@ impl JsonText {
             return Err("expected a JSON string");
         }
         let inner = &text[1..text.len() - 1];
-        if memchr::memmem::find(inner.as_bytes(), b"\\u").is_some() && unescape(inner).is_none() {
+        // Only a `\\u` escape can fail to decode once serde_json has checked the syntax.
+        if memchr::memmem::find(inner.as_bytes(), b"\\u").is_some() && walk(inner, |_| ()).is_none()
+        {
             return Err("lone surrogate in a \\u escape");
         }
         Ok(JsonText(raw))
@@ -55,32 +57,15 @@ impl JsonText {
     /// count a `\u00e9` as six bytes, and a client that escapes all non-ASCII text would see
     /// its prompts estimated two to three times too large.
     pub fn text_len(&self) -> usize {
-        let inner = self.inner();
-        let bytes = inner.as_bytes();
-        let mut len = bytes.len();
-        let mut at = 0;
-        while let Some(found) = memchr::memchr(b'\\', &bytes[at..]) {
-            let escape = at + found;
-            if bytes.get(escape + 1) == Some(&b'u') {
-                let unit = inner.get(escape + 2..).and_then(hex4).unwrap_or(0);
-                if (0xD800..=0xDBFF).contains(&unit) {
-                    // A surrogate pair: twelve encoded bytes for one four-byte character.
-                    len = len.saturating_sub(8);
-                    at = escape + 12;
-                } else {
-                    let utf8 = char::from_u32(unit).map_or(3, char::len_utf8);
-                    len = len.saturating_sub(6 - utf8);
-                    at = escape + 6;
-                }
-            } else {
-                len = len.saturating_sub(1);
-                at = escape + 2;
+        let mut len = 0;
+        let decoded = walk(self.inner(), |piece| {
+            len += match piece {
+                Piece::Run(run) => run.len(),
+                Piece::Char(c) => c.len_utf8(),
             }
-            if at >= bytes.len() {
-                break;
-            }
-        }
-        len
+        });
+        // Checked when it was made; the encoded length is the fallback.
+        decoded.map_or(self.inner().len(), |()| len)
     }
 
     /// The JSON string literal, quotes included.
@@ -123,48 +108,63 @@ impl Serialize for JsonText {
     }
 }
 
-/// The text of the inside of a JSON string literal whose syntax is valid, or `None` for an
-/// escape it cannot decode (a lone surrogate, or anything serde_json would have refused).
-///
-/// Copies the runs between backslashes whole (found with `memchr`); only the escapes are
-/// looked at one by one.
-pub fn unescape(inner: &str) -> Option<String> {
-    let mut out = String::with_capacity(inner.len());
+/// A piece of a JSON string's inside, in order: a run of text between escapes, or the
+/// character one escape stands for.
+enum Piece<'a> {
+    Run(&'a str),
+    Char(char),
+}
+
+/// Walks the inside of a JSON string literal, runs between backslashes found with `memchr`
+/// and escapes decoded one by one. `None` for an escape a parse into a `String` refuses (a
+/// lone surrogate, an unknown escape); unescaping, measuring and checking all use this walk.
+fn walk<'a>(inner: &'a str, mut visit: impl FnMut(Piece<'a>)) -> Option<()> {
     let mut rest = inner;
     while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
-        out.push_str(&rest[..at]);
-        let escape = rest.as_bytes().get(at + 1)?;
-        rest = &rest[at + 2..];
-        let decoded = match escape {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
+        visit(Piece::Run(&rest[..at]));
+        // Every slice below starts after an ASCII byte, so it is on a character boundary.
+        let after = &rest[at + 1..];
+        let (decoded, used) = match after.as_bytes().first()? {
+            b'"' => ('"', 1),
+            b'\\' => ('\\', 1),
+            b'/' => ('/', 1),
+            b'b' => ('\u{8}', 1),
+            b'f' => ('\u{c}', 1),
+            b'n' => ('\n', 1),
+            b'r' => ('\r', 1),
+            b't' => ('\t', 1),
             b'u' => {
-                let unit = hex4(rest)?;
-                rest = &rest[4..];
+                let unit = hex4(&after[1..])?;
                 match unit {
                     0xD800..=0xDBFF => {
-                        let low = rest.strip_prefix("\\u").and_then(hex4)?;
+                        let low = after[5..].strip_prefix("\\u").and_then(hex4)?;
                         if !(0xDC00..=0xDFFF).contains(&low) {
                             return None;
                         }
-                        rest = &rest[6..];
-                        char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))?
+                        let c = char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))?;
+                        (c, 11)
                     }
                     0xDC00..=0xDFFF => return None,
-                    _ => char::from_u32(unit)?,
+                    _ => (char::from_u32(unit)?, 5),
                 }
             }
             _ => return None,
         };
-        out.push(decoded);
+        visit(Piece::Char(decoded));
+        rest = &after[used..];
     }
-    out.push_str(rest);
+    visit(Piece::Run(rest));
+    Some(())
+}
+
+/// The text of the inside of a JSON string literal whose syntax is valid, or `None` for an
+/// escape it cannot decode (a lone surrogate, or anything serde_json would have refused).
+pub fn unescape(inner: &str) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    walk(inner, |piece| match piece {
+        Piece::Run(run) => out.push_str(run),
+        Piece::Char(c) => out.push(c),
+    })?;
     Some(out)
 }
 
@@ -224,6 +224,14 @@ mod tests {
         let t = JsonText::from_raw(raw(r#""\\ud83d""#)).unwrap();
         assert_eq!(t.as_str(), "\\ud83d");
         assert!(JsonText::from_raw(raw("5")).is_err());
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused_not_panicked_on() {
+        // `unescape` is public: input serde_json never produces must not split a character.
+        for inner in ["\\é", "a\\", "\\u12", "\\uD83D\\u00é1", "\\uD83D", "\\x"] {
+            assert_eq!(unescape(inner), None, "{inner}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The `llmux` command line (spec.md §2).
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// mimalloc instead of glibc malloc: a request makes ~160 small allocations (most of them in
 /// Pingora and tokio), and glibc spent ~40 k instructions per request on them, a fifth of the
@@ -8,8 +10,6 @@ use clap::{Parser, Subcommand};
 /// docs/performance.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
