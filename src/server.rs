@@ -8,7 +8,7 @@ use crate::proxy::probe::Prober;
 use crate::proxy::{Gateway, GatewayState};
 use crate::routing::RoutingTable;
 use async_trait::async_trait;
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};

@@ -512,8 +512,9 @@ async fn attempt(
             "the attempt's deadline passed before an answer",
         )
     };
-    // Boxed: `open` holds Pingora's connector future (~9 KB), which would otherwise be copied
-    // through the timeout wrapper and inflate this future (itself boxed per request).
+    // Boxed: moved by value through the timeout wrapper, `open`'s future (~2.5 KB) was
+    // copied three times, and it would be the largest part of this one (itself boxed per
+    // request); in a box it is copied once.
     let opened = within(
         attempt_deadline,
         Box::pin(open(state, target, upstream_req, Connection::Pooled)),
@@ -535,7 +536,7 @@ async fn attempt(
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-        release(state, up, &peer).await;
+        release(state, up, &peer);
         return Err(provider.adapter.error(status, &headers, &body).into());
     }
     let mut attempts_text = itoa::Buffer::new();
@@ -554,7 +555,7 @@ async fn attempt(
         .await;
         let body = read.map_err(|_| timed_out())??;
         let translated = provider.adapter.chat_response(req, &target.model, &body)?;
-        release(state, up, &peer).await;
+        release(state, up, &peer);
         let cost = cost_of(target, translated.usage.as_ref());
         let mut body = translated.body;
         // Formatted once, for the body and the header alike.
@@ -635,7 +636,7 @@ async fn attempt(
         )
         .await?;
     if clean_end {
-        release(state, up, &peer).await;
+        release(state, up, &peer);
     }
     let usage = translator.usage();
     Ok(Served {
@@ -811,11 +812,19 @@ pub(crate) async fn open(
     let mut tries = 0;
     loop {
         tries += 1;
-        let (mut up, reused) = state
-            .connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| connect_failure(name, &e))?;
+        let pooled = match connection {
+            Connection::Pooled => state.connector.reused_http_session(&peer).await,
+            Connection::Fresh => None,
+        };
+        let (up, reused) = match pooled {
+            Some(up) => (up, true),
+            // Boxed: Pingora's connect future (TCP, TLS) is ~9 KB, which every request's
+            // future would otherwise carry and copy, though most reuse a pooled connection.
+            None => Box::pin(state.connector.get_http_session(&peer))
+                .await
+                .map_err(|e| connect_failure(name, &e))?,
+        };
+        let mut up = HttpSession::H1(up);
         up.set_write_timeout(Some(t.idle.0));
         up.set_read_timeout(Some(t.first_byte.0));
         match exchange(&mut up, provider.base.host_header(), upstream_req).await {
@@ -917,12 +926,30 @@ pub(crate) async fn read_all(
 }
 
 /// Returns a fully read connection to the pool (anything else is closed on drop).
-pub(crate) async fn release(state: &GatewayState, mut up: HttpSession, peer: &HttpPeer) {
-    if up.response_done() {
-        state
-            .connector
-            .release_http_session(up, peer, Some(POOL_IDLE))
-            .await;
+///
+/// Not `async`: Pingora's release never waits for a connection it keeps alive (only closing
+/// one can), yet its future is ~2 KB, which every request's future would carry and copy into
+/// its box. It is polled once here; a release that would wait closes the connection instead.
+pub(crate) fn release(state: &GatewayState, mut up: HttpSession, peer: &HttpPeer) {
+    if !up.response_done() {
+        return;
+    }
+    // `open` only makes HTTP/1.1 sessions.
+    if let HttpSession::H1(h1) = up {
+        poll_once(
+            state
+                .connector
+                .release_http_session(h1, peer, Some(POOL_IDLE)),
+        );
+    }
+}
+
+/// Polls `fut` once; `None` (and `fut` dropped) if it is not ready at once.
+fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
+    let fut = std::pin::pin!(fut);
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -988,5 +1015,27 @@ mod tests {
     fn a_socket_that_is_not_tcp_is_left_alone() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(Cork::new(a.as_raw_fd()).is_none());
+    }
+
+    #[test]
+    fn poll_once_returns_what_is_ready_and_drops_what_would_wait() {
+        assert_eq!(poll_once(async { 7 }), Some(7));
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = Flag(dropped.clone());
+        let waits = async move {
+            let _flag = flag;
+            std::future::pending::<()>().await;
+        };
+        assert_eq!(poll_once(waits), None);
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the pending future is dropped"
+        );
     }
 }

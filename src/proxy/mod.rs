@@ -15,7 +15,7 @@ use crate::types::{ChatRequest, GatewayError};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +28,9 @@ pub use respond::request_id;
 pub struct GatewayState {
     /// The current routing table; replaced whole on reload.
     pub table: ArcSwap<RoutingTable>,
-    /// Pingora's pooled upstream connector (keep-alive, TLS).
+    /// Pingora's pooled upstream connector (keep-alive, TLS). HTTP/1.1 only, as every
+    /// provider is reached: its pool lookup is a small future of its own, so the request
+    /// path carries Pingora's large connect future only when it has to connect.
     pub connector: Connector,
     pub resolver: Resolver,
     /// Set when SIGTERM arrives: `/readyz` fails so the load balancer stops sending traffic.

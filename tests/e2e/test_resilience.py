@@ -237,6 +237,36 @@ health_checks: {{ interval: 100ms }}
         up.stop()
 
 
+def test_sequential_requests_ride_one_pooled_upstream_connection():
+    """Every fully read upstream answer (non-stream, stream, and an error answer the attempt
+    loop read to report it) goes back to the pool, so sequential requests share one
+    connection instead of opening one each."""
+    up = Mock("--flavor", "openai")
+    cfg = f"""
+server: {{ listen: "{{LISTEN}}" }}
+providers:
+  - {{ name: a, kind: openai, base_url: "{up.url}/v1", api_key: ka }}
+models:
+  - {{ name: chat, targets: [ {{ provider: a, model: gpt-a }} ] }}
+  - {{ name: bad, targets: [ {{ provider: a, model: "gpt-a@status=400" }} ] }}
+"""
+    g = Gateway(cfg)
+    try:
+        for _ in range(2):
+            status, _, _ = g.request("POST", "/v1/chat/completions", body("chat"))
+            assert status == 200
+            status, _, raw = g.request("POST", "/v1/chat/completions", body("chat", stream=True))
+            assert status == 200 and sse_events(raw)[-1] == "[DONE]"
+            status, _, _ = g.request("POST", "/v1/chat/completions", body("bad"))
+            assert status == 400
+        conns = [r["connection"] for r in up.requests() if r["method"] == "POST"]
+        assert len(conns) == 6 and all(c >= 1 for c in conns), conns
+        assert len(set(conns)) == 1, f"each request should reuse the pooled connection: {conns}"
+    finally:
+        g.stop()
+        up.stop()
+
+
 def test_all_endpoints_out_is_503_no_healthy_endpoint_without_touching_providers(mock):
     cfg = f"""
 server: {{ listen: "{{LISTEN}}" }}
