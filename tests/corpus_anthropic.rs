@@ -735,6 +735,11 @@ fn check_answer(id: &str, case: &Value, want: &Expect) {
         let body = common::recorded_body_bytes(resp);
         let req = common::chat_request(common::question(), ALIAS);
         let t = a.chat_response(&req, "claude-upstream", &body).unwrap();
+        common::check_usage_end(id, &t);
+        assert!(
+            t.usage_end.is_some(),
+            "{id}: a built body knows where its usage ends"
+        );
         let out: Value = serde_json::from_slice(&t.body).unwrap();
         assert_eq!(out["object"], "chat.completion");
         assert_eq!(

@@ -447,6 +447,11 @@ fn check_answer(id: &str, case: &Value, want: &Expect) {
         let req = common::chat_request(common::question(), ALIAS);
         let model = recorded_model(case);
         let t = adapter().chat_response(&req, &model, &body).unwrap();
+        common::check_usage_end(id, &t);
+        assert!(
+            t.usage_end.is_some(),
+            "{id}: a built body knows where its usage ends"
+        );
         let out: Value = serde_json::from_slice(&t.body).unwrap();
         assert_eq!(out["object"], "chat.completion");
         assert_eq!(out["model"], model.as_str(), "{id}: model");

@@ -946,6 +946,7 @@ fn check_response(id: &str, case: &Value, c: &Case) -> Result<(), String> {
                     let t = a
                         .chat_response(&req, "m", &body_bytes())
                         .map_err(|f| format!("{id}: {f:?}"))?;
+                    common::check_usage_end(id, &t);
                     let body: Value = serde_json::from_slice(&t.body).unwrap();
                     if t.usage.as_ref().map(|u| serde_json::to_value(u).unwrap())
                         != Some(body["usage"].clone())

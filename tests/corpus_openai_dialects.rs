@@ -603,6 +603,7 @@ fn check_answer(id: &str, case: &Value, dir: &str, want: &Expect) {
     let body = common::recorded_body_bytes(resp);
     let req = common::chat_request(common::question(), ALIAS);
     let t = a.chat_response(&req, "m", &body).unwrap();
+    common::check_usage_end(id, &t);
     if !want.rewritten {
         assert_eq!(&t.body[..], &body[..], "{id}: passes through byte-exact");
     }

@@ -253,10 +253,7 @@ impl Adapter for AnthropicAdapter {
             finish_reason: finish,
             usage: usage.clone(),
         };
-        Ok(TranslatedResponse {
-            body: out.to_body(),
-            usage: Some(usage),
-        })
+        Ok(out.to_response(Some(usage)))
     }
 
     fn stream_translator(&self, req: &ChatRequest, model: &str) -> Box<dyn StreamTranslator> {

@@ -1314,10 +1314,7 @@ impl Adapter for GeminiAdapter {
             tool_calls,
             usage: usage.clone().unwrap_or_default(),
         };
-        Ok(TranslatedResponse {
-            body: out.to_body(),
-            usage,
-        })
+        Ok(out.to_response(usage))
     }
 
     fn stream_translator(&self, req: &ChatRequest, model: &str) -> Box<dyn StreamTranslator> {

@@ -65,6 +65,9 @@ pub struct TranslatedResponse {
     /// OpenAI `chat.completion` JSON.
     pub body: Bytes,
     pub usage: Option<Usage>,
+    /// Offset in `body` of the closing `}` of its top-level `usage` object, when the adapter
+    /// knows it: the proxy writes `cost_usd` there without scanning the body for it.
+    pub usage_end: Option<usize>,
 }
 
 /// Incremental stream translation: provider bytes in (split anywhere), OpenAI SSE out.

@@ -2,7 +2,7 @@
 //! a `chat.completion` and of the `chat.completion.chunk` stream (providers.md §1.5, §1.6),
 //! shared by every adapter that is not OpenAI already.
 
-use super::sse;
+use super::{sse, TranslatedResponse};
 use crate::types::{CompletionTokensDetails, PromptTokensDetails, Usage};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
@@ -113,6 +113,19 @@ impl CompletionOut {
         // Serialising borrowed strings and integers into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut out, &body);
         Bytes::from(out)
+    }
+
+    /// The translated response: [`CompletionOut::to_body`], with `usage` reported and the
+    /// end of the body's `usage` object known (it is the last field, written compactly).
+    pub fn to_response(&self, usage: Option<Usage>) -> TranslatedResponse {
+        let body = self.to_body();
+        let usage_end = body.len().checked_sub(2);
+        debug_assert!(body.ends_with(b"}}"));
+        TranslatedResponse {
+            body,
+            usage,
+            usage_end,
+        }
     }
 }
 
@@ -436,7 +449,22 @@ impl ChunkWriter {
 /// JSON number text, from [`format_cost`]. None when the body has no top-level `usage`
 /// object.
 pub fn insert_usage_cost(json: &[u8], cost: &str) -> Option<Vec<u8>> {
-    let close = usage_object_end(json)?;
+    insert_usage_cost_at(json, None, cost)
+}
+
+/// [`insert_usage_cost`] where the caller may know the offset of the `usage` object's
+/// closing `}` ([`TranslatedResponse::usage_end`]): then there
+/// is nothing to scan. An offset that does not point at a `}` is ignored.
+pub fn insert_usage_cost_at(json: &[u8], close: Option<usize>, cost: &str) -> Option<Vec<u8>> {
+    let close = match close.filter(|&i| json.get(i) == Some(&b'}')) {
+        Some(i) => i,
+        None => usage_object_end(json)?,
+    };
+    Some(insert_cost_at(json, close, cost))
+}
+
+/// Adds `"cost_usd": <cost>` before `close`, the closing `}` of the body's `usage` object.
+fn insert_cost_at(json: &[u8], close: usize, cost: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() + 16 + cost.len());
     out.extend_from_slice(&json[..close]);
     // An empty object `{}` needs no comma.
@@ -450,7 +478,7 @@ pub fn insert_usage_cost(json: &[u8], cost: &str) -> Option<Vec<u8>> {
     out.extend_from_slice(b"\"cost_usd\":");
     out.extend_from_slice(cost.as_bytes());
     out.extend_from_slice(&json[close..]);
-    Some(out)
+    out
 }
 
 /// A cost as JSON/header text: plain decimal, up to 12 places, no exponent. The same text
@@ -594,6 +622,13 @@ mod tests {
             1.5
         );
         assert!(insert_usage_cost(br#"{"usage":null}"#, "1").is_none());
+        // A hint that is not the usage object's `}` is ignored for the scan.
+        for hint in [None, Some(0), Some(3), Some(body.len() + 9)] {
+            assert_eq!(
+                insert_usage_cost_at(body, hint, "0.000123"),
+                insert_usage_cost(body, "0.000123")
+            );
+        }
         assert!(insert_usage_cost(br#"{"choices":[{"usage":{}}]}"#, "1").is_none());
         assert!(insert_usage_cost(b"{\"usage\":{", "1").is_none());
         assert!(insert_usage_cost(b"{\"a\":\"\\", "1").is_none());

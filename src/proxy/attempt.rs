@@ -10,7 +10,7 @@
 use super::respond;
 use super::GatewayState;
 use crate::health::Outcome;
-use crate::providers::openai_out::{format_cost, insert_usage_cost};
+use crate::providers::openai_out::{format_cost, insert_usage_cost, insert_usage_cost_at};
 use crate::providers::{StreamTranslator, UpstreamRequest};
 use crate::routing::{Provider, RoutingTable, Target};
 use crate::stats::Sample;
@@ -561,7 +561,7 @@ async fn attempt(
         // Formatted once, for the body and the header alike.
         let cost_text = cost.map(format_cost);
         if let Some(text) = &cost_text {
-            if let Some(with_cost) = insert_usage_cost(&body, text) {
+            if let Some(with_cost) = insert_usage_cost_at(&body, translated.usage_end, text) {
                 body = Bytes::from(with_cost);
             }
         }

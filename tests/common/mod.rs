@@ -704,3 +704,20 @@ pub fn build_request(segs: &[Seg], p: &Params, style: &RequestStyle) -> Value {
     }
     r
 }
+
+/// Where an adapter says the body's `usage` object ends, writing the cost there gives the
+/// same body as the proxy's byte scan for it: the offset is a shortcut, never a change.
+pub fn check_usage_end(id: &str, t: &llmux::providers::TranslatedResponse) {
+    use llmux::providers::openai_out::{insert_usage_cost, insert_usage_cost_at};
+    let Some(end) = t.usage_end else { return };
+    assert_eq!(
+        t.body.get(end),
+        Some(&b'}'),
+        "{id}: usage_end is the `}}` of usage"
+    );
+    assert_eq!(
+        insert_usage_cost_at(&t.body, Some(end), "0.5"),
+        insert_usage_cost(&t.body, "0.5"),
+        "{id}: cost written at usage_end"
+    );
+}

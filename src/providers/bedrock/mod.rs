@@ -377,10 +377,7 @@ impl Adapter for BedrockAdapter {
         body: &[u8],
     ) -> Result<TranslatedResponse, UpstreamFailure> {
         let (out, usage) = response::translate(&self.name, body, model, json_mode(req))?;
-        Ok(TranslatedResponse {
-            body: out.to_body(),
-            usage: Some(usage),
-        })
+        Ok(out.to_response(Some(usage)))
     }
 
     fn stream_translator(&self, req: &ChatRequest, model: &str) -> Box<dyn StreamTranslator> {

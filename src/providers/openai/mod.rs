@@ -152,7 +152,11 @@ impl OpenAiAdapter {
         } else {
             Bytes::copy_from_slice(body)
         };
-        Ok(TranslatedResponse { body, usage })
+        Ok(TranslatedResponse {
+            body,
+            usage,
+            usage_end: None,
+        })
     }
 }
 
@@ -176,12 +180,13 @@ struct OutgoingStreamOptions<'a> {
 }
 
 /// The few fields of a response llmux needs; everything else passes through unparsed.
+/// `usage` is kept as the body's own bytes, so where it ends is known too.
 #[derive(Deserialize)]
-struct ResponseProbe {
+struct ResponseProbe<'a> {
     #[serde(default)]
     choices: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    usage: Option<Usage>,
+    #[serde(default, borrow)]
+    usage: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     error: Option<serde_json::Value>,
 }
@@ -265,13 +270,14 @@ impl Adapter for OpenAiAdapter {
         if self.dialect.normalizes_responses() {
             return self.normalized_response(body);
         }
-        let probe: ResponseProbe = serde_json::from_slice(body).map_err(|e| {
+        let not_a_completion = |e: serde_json::Error| {
             UpstreamFailure::new(
                 &self.name,
                 FailureKind::Protocol,
                 format!("the provider's response is not a chat completion: {e}"),
             )
-        })?;
+        };
+        let probe: ResponseProbe = serde_json::from_slice(body).map_err(not_a_completion)?;
         if probe.error.is_some() {
             // Some compatible servers report errors with a 200.
             return Err(self.error(500, &http::HeaderMap::new(), body));
@@ -283,9 +289,20 @@ impl Adapter for OpenAiAdapter {
                 "the provider's response has no `choices`",
             ));
         }
+        let (usage, usage_end) = match probe.usage {
+            Some(raw) => {
+                let text = raw.get();
+                let usage: Usage = serde_json::from_str(text).map_err(not_a_completion)?;
+                // `text` is a slice of `body`, and a `Usage` parses only from an object.
+                let end = text.as_ptr().addr() - body.as_ptr().addr() + text.len() - 1;
+                (Some(usage), Some(end))
+            }
+            None => (None, None),
+        };
         Ok(TranslatedResponse {
             body: Bytes::copy_from_slice(body),
-            usage: probe.usage,
+            usage,
+            usage_end,
         })
     }
 
@@ -773,7 +790,32 @@ mod tests {
         let t = adapter().chat_response(&req, "m", body).unwrap();
         assert_eq!(&t.body[..], &body[..]);
         assert_eq!(t.usage.unwrap().total_tokens, 4);
+        assert_eq!(t.usage_end, Some(body.len() - 2));
         assert!(adapter().chat_response(&req, "m", b"<html>").is_err());
+    }
+
+    #[test]
+    fn the_end_of_usage_is_found_in_any_layout() {
+        let req =
+            request(serde_json::json!({"model":"m","messages":[{"role":"user","content":"x"}]}));
+        let pretty = b"{\n  \"choices\": [{\"message\": {\"content\": \"\\\"usage\\\": {}\"}}],\n  \"usage\": {\n    \"prompt_tokens\": 3, \"completion_tokens\": 1,\n    \"total_tokens\": 4, \"prompt_tokens_details\": {\"cached_tokens\": 0}\n  }\n,\n  \"id\": \"c\"\n}";
+        let t = adapter().chat_response(&req, "m", pretty).unwrap();
+        let end = t.usage_end.expect("usage present");
+        assert_eq!(
+            crate::providers::openai_out::insert_usage_cost_at(pretty, Some(end), "0.5"),
+            crate::providers::openai_out::insert_usage_cost(pretty, "0.5"),
+            "the offset is the `}}` the scan finds"
+        );
+        for no_usage in [
+            &br#"{"choices":[],"usage":null}"#[..],
+            br#"{"choices":[{"usage":{"total_tokens":1}}]}"#,
+        ] {
+            let t = adapter().chat_response(&req, "m", no_usage).unwrap();
+            assert_eq!((t.usage.is_some(), t.usage_end), (false, None));
+        }
+        let bad_usage = br#"{"choices":[],"usage":{"total_tokens":"many"}}"#;
+        let f = adapter().chat_response(&req, "m", bad_usage).unwrap_err();
+        assert!(f.message.contains("not a chat completion"), "{}", f.message);
     }
 }
 
