@@ -571,27 +571,40 @@ fn put_span_body(out: &mut Vec<u8>, s: &SpanRecord) {
     }
 }
 
+/// Appends `s` as field 2 of a `ScopeSpans` (key, length, `Span` body). `scratch` holds the
+/// body while its length is not yet known; callers reuse it.
+fn put_scope_span(out: &mut Vec<u8>, scratch: &mut Vec<u8>, s: &SpanRecord) {
+    scratch.clear();
+    put_span_body(scratch, s);
+    put_bytes(out, 2, scratch);
+}
+
 /// The protobuf body of `POST /v1/traces`: one resource, one scope, all `spans`. Written
 /// directly, without building [`proto`] structs; the bytes are what prost would write.
 pub fn encode_traces(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
+    let mut encoded = Vec::with_capacity(spans.len() * 320);
+    let mut scratch = Vec::with_capacity(512);
+    for s in spans {
+        put_scope_span(&mut encoded, &mut scratch, s);
+    }
+    traces_request(service_name, &encoded)
+}
+
+/// [`encode_traces`] around spans already written by [`put_scope_span`].
+fn traces_request(service_name: &str, encoded_spans: &[u8]) -> Vec<u8> {
     let resource = proto::Resource::encode_to_vec(&resource(service_name));
     let scope = proto::InstrumentationScope::encode_to_vec(&scope());
-    // ScopeSpans: 1 scope, 2 spans (each span's length is known only once it is written).
-    let mut scope_spans = Vec::with_capacity(64 + spans.len() * 320);
-    put_bytes(&mut scope_spans, 1, &scope);
-    let mut span = Vec::with_capacity(512);
-    for s in spans {
-        span.clear();
-        put_span_body(&mut span, s);
-        put_bytes(&mut scope_spans, 2, &span);
-    }
-    // ResourceSpans: 1 resource, 2 scope_spans.
-    let resource_spans_len = len_field(resource.len()) + len_field(scope_spans.len());
+    // ScopeSpans: 1 scope, 2 spans. ResourceSpans: 1 resource, 2 scope_spans.
+    let scope_spans_len = len_field(scope.len()) + encoded_spans.len();
+    let resource_spans_len = len_field(resource.len()) + len_field(scope_spans_len);
     let mut out = Vec::with_capacity(len_field(resource_spans_len));
     put_key(&mut out, 1, WIRE_LEN); // ExportTraceServiceRequest 1 resource_spans
     put_varint(&mut out, resource_spans_len as u64);
     put_bytes(&mut out, 1, &resource);
-    put_bytes(&mut out, 2, &scope_spans);
+    put_key(&mut out, 2, WIRE_LEN);
+    put_varint(&mut out, scope_spans_len as u64);
+    put_bytes(&mut out, 1, &scope);
+    out.extend_from_slice(encoded_spans);
     out
 }
 
@@ -803,12 +816,33 @@ impl std::fmt::Debug for Exporter {
     }
 }
 
-/// Spans waiting for the export loop.
+/// Spans waiting for the export loop, already encoded (by the request's own thread, while
+/// its data is in cache and freed where it was allocated; the export loop only copies bytes).
 #[derive(Default)]
 struct SpanQueue {
-    spans: Vec<SpanRecord>,
+    spans: EncodedSpans,
     /// Set at shutdown: later spans are refused (and counted as dropped).
     closed: bool,
+}
+
+/// Spans written by [`put_scope_span`], back to back.
+#[derive(Default)]
+struct EncodedSpans {
+    bytes: Vec<u8>,
+    /// Where each span ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl EncodedSpans {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The bytes of spans `from..to`.
+    fn range(&self, from: usize, to: usize) -> &[u8] {
+        let start = from.checked_sub(1).map_or(0, |i| self.ends[i]);
+        &self.bytes[start..self.ends[to - 1]]
+    }
 }
 
 /// Lets one warning through per [`LOG_EVERY`].
@@ -860,15 +894,33 @@ impl Exporter {
     /// Queues the spans of one request under one short lock, as [`Exporter::submit`] does
     /// each. Wakes the export loop only when this fills a batch.
     pub fn submit_all(&self, spans: impl IntoIterator<Item = SpanRecord>) {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<(EncodedSpans, Vec<u8>)> = Default::default();
+        }
+        SCRATCH.with_borrow_mut(|(encoded, scratch)| {
+            encoded.bytes.clear();
+            encoded.ends.clear();
+            for span in spans {
+                put_scope_span(&mut encoded.bytes, scratch, &span);
+                encoded.ends.push(encoded.bytes.len());
+            }
+            self.enqueue(encoded);
+        });
+    }
+
+    /// Queues encoded spans under one short lock.
+    fn enqueue(&self, encoded: &EncodedSpans) {
         let mut lost = 0;
         let filled_batch = {
             let mut q = self.lock_queue();
             let before = q.spans.len();
-            for span in spans {
+            for i in 0..encoded.len() {
                 if q.closed || q.spans.len() >= QUEUE_CAPACITY {
                     lost += 1;
                 } else {
-                    q.spans.push(span);
+                    q.spans.bytes.extend_from_slice(encoded.range(i, i + 1));
+                    let end = q.spans.bytes.len();
+                    q.spans.ends.push(end);
                 }
             }
             before < MAX_BATCH && q.spans.len() >= MAX_BATCH
@@ -889,11 +941,15 @@ impl Exporter {
 
     /// Everything queued so far, leaving an empty queue with room for a batch. `close` also
     /// refuses spans from now on.
-    fn take_queued(&self, close: bool) -> Vec<SpanRecord> {
+    fn take_queued(&self, close: bool) -> EncodedSpans {
         let fresh = if close {
-            Vec::new()
+            EncodedSpans::default()
         } else {
-            Vec::with_capacity(MAX_BATCH)
+            // Allocated before the lock is taken; a batch of spans is ~200 KiB.
+            EncodedSpans {
+                bytes: Vec::with_capacity(MAX_BATCH * 448),
+                ends: Vec::with_capacity(MAX_BATCH),
+            }
         };
         let mut q = self.lock_queue();
         q.closed |= close;
@@ -991,18 +1047,19 @@ impl Exporter {
     /// cannot be sent before it is dropped and counted.
     async fn export_all(
         &self,
-        spans: &[SpanRecord],
+        spans: &EncodedSpans,
         deadline: Option<Instant>,
         log: &mut LogLimiter,
     ) {
-        let mut batches = spans.chunks(MAX_BATCH);
-        while let Some(batch) = batches.next() {
+        let mut from = 0;
+        while from < spans.len() {
+            let to = (from + MAX_BATCH).min(spans.len());
             let timeout = match deadline {
                 None => self.post_timeout,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        let lost = batch.len() + batches.map(<[SpanRecord]>::len).sum::<usize>();
+                        let lost = spans.len() - from;
                         self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
                         log::warn!(
                             "OTLP exporter: shutdown flush ran out of time; {lost} spans dropped"
@@ -1012,14 +1069,16 @@ impl Exporter {
                     left.min(self.post_timeout)
                 }
             };
-            self.export_spans(batch, timeout, log).await;
+            self.export_spans(spans.range(from, to), to - from, timeout, log)
+                .await;
+            from = to;
         }
     }
 
-    /// Sends `batch` in one POST; on failure its spans are counted as dropped.
-    async fn export_spans(&self, batch: &[SpanRecord], timeout: Duration, log: &mut LogLimiter) {
-        let body = encode_traces(&self.service_name, batch);
-        let n = batch.len() as u64;
+    /// Sends `n` encoded spans in one POST; on failure they are counted as dropped.
+    async fn export_spans(&self, batch: &[u8], n: usize, timeout: Duration, log: &mut LogLimiter) {
+        let body = traces_request(&self.service_name, batch);
+        let n = n as u64;
         if let Err(e) = self.post(&self.target.traces_path, &body, timeout).await {
             self.dropped.fetch_add(n, Ordering::Relaxed);
             self.export_failures.fetch_add(1, Ordering::Relaxed);
