@@ -177,6 +177,8 @@ impl Serialize for ToolCallOut {
     }
 }
 
+/// A whole chunk, as [`ChunkWriter`] writes it in pieces (the tests' reference).
+#[cfg(test)]
 #[derive(Serialize)]
 struct ChunkBody<'a> {
     id: &'a str,
@@ -186,6 +188,7 @@ struct ChunkBody<'a> {
     choices: [ChunkChoice<'a>; 1],
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct ChunkChoice<'a> {
     index: u32,
@@ -264,12 +267,15 @@ pub struct ChunkWriter {
     role_sent: bool,
     finished: bool,
     done: bool,
+    /// Every chunk's bytes up to its `delta` (`data: {"id":…,"model":…,"choices":[{"index":0,
+    /// "delta":`), which do not change within a stream: written once, copied per chunk.
+    prefix: Vec<u8>,
 }
 
 impl ChunkWriter {
     /// A writer for one stream.
     pub fn new(id: impl Into<String>, model: impl Into<String>, include_usage: bool) -> Self {
-        ChunkWriter {
+        let mut w = ChunkWriter {
             id: id.into(),
             created: now_secs(),
             model: model.into(),
@@ -277,12 +283,16 @@ impl ChunkWriter {
             role_sent: false,
             finished: false,
             done: false,
-        }
+            prefix: Vec::new(),
+        };
+        w.write_prefix();
+        w
     }
 
     /// Fixes `created` (the provider's own timestamp, or a constant in golden tests).
     pub fn with_created(mut self, created: u64) -> Self {
         self.created = created;
+        self.write_prefix();
         self
     }
 
@@ -294,6 +304,30 @@ impl ChunkWriter {
         if let Some(m) = model {
             self.model = m.to_owned();
         }
+        self.write_prefix();
+    }
+
+    fn write_prefix(&mut self) {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            id: &'a str,
+            object: &'static str,
+            created: u64,
+            model: &'a str,
+        }
+        let head = Head {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+        };
+        self.prefix.clear();
+        self.prefix.extend_from_slice(b"data: ");
+        // Serialising borrowed strings and an integer into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.prefix, &head);
+        self.prefix.pop(); // the object goes on: `}` becomes `,"choices":…`
+        self.prefix
+            .extend_from_slice(br#","choices":[{"index":0,"delta":"#);
     }
 
     /// Whether the finish chunk was written.
@@ -306,22 +340,22 @@ impl ChunkWriter {
         self.done
     }
 
+    /// One `chat.completion.chunk` event: the same bytes as serialising [`ChunkBody`].
     fn chunk(&self, out: &mut BytesMut, delta: Delta<'_>, finish: Option<FinishReason>) {
-        write_event(
-            out,
-            &ChunkBody {
-                id: &self.id,
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: &self.model,
-                choices: [ChunkChoice {
-                    index: 0,
-                    delta,
-                    logprobs: None,
-                    finish_reason: finish.map(FinishReason::as_str),
-                }],
-            },
-        );
+        out.extend_from_slice(&self.prefix);
+        // Serialising borrowed strings and integers into a buffer cannot fail.
+        let _ = serde_json::to_writer(out.writer(), &delta);
+        out.extend_from_slice(br#","logprobs":null,"finish_reason":"#);
+        match finish {
+            // Finish reasons are plain ASCII words: nothing to escape.
+            Some(reason) => {
+                out.put_u8(b'"');
+                out.extend_from_slice(reason.as_str().as_bytes());
+                out.put_u8(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
     }
 
     /// The first chunk (`role: assistant`); later calls do nothing.
@@ -607,6 +641,43 @@ fn usage_object_end(json: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Chunks written from the stream's prefix are the bytes serde writes for the whole
+        /// chunk, whatever the id, model and text hold, before and after `set_identity`.
+        #[test]
+        fn chunks_equal_the_whole_serialised_chunk(
+            id in "\\PC{0,12}", model in "\\PC{0,12}", text in "\\PC{0,16}", created: u64,
+            finish in proptest::option::of(0usize..4),
+        ) {
+            let reference = |w: &ChunkWriter, delta: Delta<'_>, finish: Option<FinishReason>| {
+                let mut out = BytesMut::new();
+                write_event(&mut out, &ChunkBody {
+                    id: &w.id,
+                    object: "chat.completion.chunk",
+                    created: w.created,
+                    model: &w.model,
+                    choices: [ChunkChoice {
+                        index: 0,
+                        delta,
+                        logprobs: None,
+                        finish_reason: finish.map(FinishReason::as_str),
+                    }],
+                });
+                out
+            };
+            let reasons = [FinishReason::Stop, FinishReason::Length, FinishReason::ToolCalls, FinishReason::ContentFilter];
+            let finish = finish.map(|i| reasons[i]);
+            let mut w = ChunkWriter::new("chatcmpl-0", "m", false).with_created(created);
+            for round in 0..2 {
+                let delta = || Delta { content: Some(text.as_str()), ..Delta::default() };
+                let mut out = BytesMut::new();
+                w.chunk(&mut out, delta(), finish);
+                proptest::prop_assert_eq!(&out[..], &reference(&w, delta(), finish)[..], "round {}", round);
+                w.set_identity(Some(&id), Some(&model));
+            }
+        }
+    }
 
     #[test]
     fn inserts_cost_into_top_level_usage_only() {
