@@ -1450,6 +1450,25 @@ enum Event {
     Other,
 }
 
+/// `content_block_delta` with a `text_delta`, most of a stream's events, read from borrowed
+/// text: the general [`Event`] is internally tagged, which makes serde buffer every field
+/// (and copy every string) before it can pick the variant. Anything else fails to parse
+/// here and takes the general path.
+#[derive(Deserialize)]
+struct TextDeltaEvent<'a> {
+    index: u64,
+    #[serde(borrow)]
+    delta: TextDeltaBody<'a>,
+}
+
+#[derive(Deserialize)]
+struct TextDeltaBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
+}
+
 #[derive(Deserialize)]
 struct StartMessage {
     #[serde(default)]
@@ -1533,6 +1552,18 @@ impl AnthropicStream {
             return Ok(()); // comments, keep-alives
         }
         let before = out.len();
+        if data.starts_with(br#"{"type":"content_block_delta""#) {
+            if let Ok(e) = serde_json::from_slice::<TextDeltaEvent<'_>>(data) {
+                if e.delta.kind == "text_delta" {
+                    // As `Event::ContentBlockDelta` with a `TextDelta` below.
+                    if !matches!(self.blocks.get(&e.index), Some(BlockState::Ignored)) {
+                        self.writer.content(out, &e.delta.text);
+                    }
+                    self.emitted |= out.len() > before;
+                    return Ok(());
+                }
+            }
+        }
         let event: Event = match serde_json::from_slice(data) {
             Ok(e) => e,
             Err(e) => {
@@ -2602,6 +2633,34 @@ mod tests {
         )
         .unwrap();
         assert!(!out.contains("\"usage\""));
+    }
+
+    #[test]
+    fn text_deltas_take_the_borrowed_path_with_the_same_result() {
+        let req = request(json!({"messages": [user("x")], "stream": true}));
+        // As Anthropic writes them: `type` first, escapes in the text.
+        let wire = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\\\"b\\u00e9\\n\"}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"redacted_thinking\",\"data\":\"z\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"hidden\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"t\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let out = run_stream(&req, wire.as_bytes()).unwrap();
+        let deltas: Vec<Value> = chunks(&out)
+            .iter()
+            .filter_map(|c| c["choices"].get(0).map(|ch| ch["delta"].clone()))
+            .collect();
+        assert_eq!(deltas[1], json!({"content": "a\"b\u{e9}\n"}));
+        assert_eq!(
+            deltas[2],
+            json!({"reasoning_content": "t"}),
+            "a block llmux ignores stays silent"
+        );
+        assert_eq!(deltas.len(), 4, "role, text, reasoning, finish: {deltas:?}");
     }
 
     #[test]
