@@ -293,9 +293,10 @@ impl Adapter for OpenAiAdapter {
             Some(raw) => {
                 let text = raw.get();
                 let usage: Usage = serde_json::from_str(text).map_err(not_a_completion)?;
-                // `text` is a slice of `body`, and a `Usage` parses only from an object.
-                let end = text.as_ptr().addr() - body.as_ptr().addr() + text.len() - 1;
-                (Some(usage), Some(end))
+                // `text` is borrowed from `body`: its last byte is the object's `}` (which
+                // `insert_usage_cost_at` checks before it trusts the offset).
+                let end = (text.as_ptr().addr() + text.len()).checked_sub(body.as_ptr().addr() + 1);
+                (Some(usage), end)
             }
             None => (None, None),
         };
