@@ -709,10 +709,16 @@ def main_run(a):
         signal.signal(s, on_signal)
 
     info = machine_info()
+    plain = {"llmux-plain": a.plain_llmux_bin, "floor-plain": a.plain_floor_bin}
+    plain = {k: Path(v) for k, v in plain.items() if v}
+    for b in plain.values():
+        if not b.exists():
+            sys.exit(f"missing {b}")
     info["binaries"] = {
         str(b): datetime.datetime.fromtimestamp(b.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-        for b in (bin_llmux, bin_floor)
+        for b in (bin_llmux, bin_floor, *plain.values())
     }
+    info["pgo"] = bool(plain)
     info["load_before"] = loadavg()
     info["settings"] = {
         "duration_s": a.duration,
@@ -730,14 +736,14 @@ def main_run(a):
         mlog = work / "mock.log"
         t0 = time.perf_counter()
         mock = kids.spawn(
-            [bin_llmux, "mock", "--listen", f"127.0.0.1:{mock_port}", "--flavor", "all",
+            [Path(a.mock_bin or bin_llmux), "mock", "--listen", f"127.0.0.1:{mock_port}", "--flavor", "all",
              "--chunk-delay-ms", a.chunk_delay_ms],
             a.load_cpu, mlog, env=dict(os.environ, RUST_LOG="warn"),
         )
         wait_ready(mock, mock_port, "/_mock/requests", t0, mlog)
         bench = Bench(a, kids, work)
 
-        def start(name, extra_env=None, cpus=None, extra_args=(), oai_limits="", state=""):
+        def start(name, extra_env=None, cpus=None, extra_args=(), oai_limits="", state="", binary=None):
             """Starts a proxy on the proxy CPU; returns (proc, port, ready_ms)."""
             port = free_port()
             plog = work / f"{name}.log"
@@ -748,9 +754,9 @@ def main_run(a):
                 cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port,
                                                    oai_limits=oai_limits, state=state,
                                                    telemetry=TELEMETRY.format(port=otlp.port)))
-                argv = [bin_llmux, "serve", "--config", cfg]
+                argv = [binary or bin_llmux, "serve", "--config", cfg]
             elif name == "floor":
-                argv = [bin_floor, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{mock_port}"]
+                argv = [binary or bin_floor, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{mock_port}"]
             elif name == "nginx":
                 conf = work / "nginx.conf"
                 conf.write_text(NGINX_CONFIG.format(w=work, mock=mock_port, port=port))
@@ -823,6 +829,13 @@ def main_run(a):
             p, port, _ = start("floor", extra_args=["--work-stealing"])
             procs["floor-ws"] = (p, port)
             variants.append("floor-ws")
+        # PGO builds under test: the plain release builds beside them, same run.
+        for name, binary in plain.items():
+            base = name.split("-")[0]
+            if base in targets:
+                p, port, _ = start(base, binary=binary)
+                procs[name] = (p, port)
+                variants.append(name)
         time.sleep(0.5)
         for name, (p, _) in procs.items():
             if name != "direct":
@@ -1027,6 +1040,9 @@ def render(res):
     s = m["settings"]
     built = ", ".join(f"`{Path(b).name}` built {t}" for b, t in m.get("binaries", {}).items())
     w(f"Work tree {m['git']} ({built}); {m['nginx']}; {m['wrk']}; {m['rustc']}.  ")
+    if m.get("pgo"):
+        w("llmux and the floor are both profile-guided builds (`benches/load/pgo.sh`, trained on this "
+          "benchmark's traffic); their plain release builds run as variants.  ")
     w(f"Proxy on CPU {s['proxy_cpu']}; mock, wrk and the stream client on CPU {s['load_cpu']}. "
       f"wrk -t1, {s['duration_s']} s per point; streams: sequential client, {s['stream_seconds']} s per path, "
       f"mock --chunk-delay-ms {s['mock_chunk_delay_ms']}. floor and nginx only pass OpenAI through, so every "
@@ -1125,7 +1141,9 @@ def render(res):
                  "llmux-ledger": "llmux with a budget and a free tier (state: memory)",
                  "llmux-redis": "llmux with the same limits, state.backend: redis",
                  "llmux-t2": "llmux, threads=2 on the one core",
-                 "floor-ws": "floor with work_stealing: true (Pingora's default runtime)"}
+                 "floor-ws": "floor with work_stealing: true (Pingora's default runtime)",
+                 "llmux-plain": "llmux, plain release build (no PGO)",
+                 "floor-plain": "floor, plain release build (no PGO)"}
         w("")
         w("### Variants (OpenAI→OpenAI, non-stream)")
         w("")
@@ -1225,6 +1243,12 @@ def main():
     r = sub.add_parser("run", help="the whole benchmark (default)")
     r.add_argument("--llmux-bin", default=str(ROOT / "target/release/llmux"))
     r.add_argument("--floor-bin", default=str(ROOT / "target/release/examples/pingora_floor"))
+    r.add_argument("--mock-bin", default=None,
+                   help="binary that runs `llmux mock` (default: --llmux-bin); the PGO training "
+                        "run keeps the mock out of the profile with it")
+    r.add_argument("--plain-llmux-bin", default=None,
+                   help="with PGO builds as --llmux-bin/--floor-bin: the plain release builds, run as variants")
+    r.add_argument("--plain-floor-bin", default=None)
     r.add_argument("--duration", type=int, default=5, help="seconds per wrk point")
     r.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     r.add_argument("--stream-seconds", type=float, default=3.0)

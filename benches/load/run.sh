@@ -4,6 +4,9 @@
 #   benches/load/run.sh                    # build release, install wrk/nginx-light if missing, run
 #   benches/load/run.sh --duration 3       # any driver.py option (see driver.py run --help)
 #   SKIP_BUILD=1 benches/load/run.sh       # reuse target/release binaries
+#   benches/load/run.sh --pgo              # llmux and the floor as profile-guided builds
+#                                          # (benches/load/pgo.sh, ~30 min more); the plain
+#                                          # builds run beside them as variants
 #
 # Needs Linux with 2+ CPUs, Python 3, taskset (util-linux), Rust; on Debian/Ubuntu it installs
 # `wrk` and `nginx-light` itself (root or sudo). Loopback only. Takes about 5 minutes after
@@ -40,6 +43,12 @@ trap 'exit 143' TERM HUP
 
 # --- prerequisites -----------------------------------------------------------------------
 extra=()
+pgo=""
+args=()
+for arg in "$@"; do
+    if [[ "$arg" == "--pgo" ]]; then pgo=1; else args+=("$arg"); fi
+done
+set -- "${args[@]}"
 if [[ "$(nproc)" -lt 2 ]]; then
     echo "warning: one CPU only; proxy and load generator will share it" >&2
     extra=(--proxy-cpu 0 --load-cpu 0)
@@ -70,7 +79,15 @@ export PATH="$PATH:/usr/sbin"
 
 # --- build -------------------------------------------------------------------------------
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-    cargo build --release --bin llmux --example pingora_floor
+    if [[ -n "$pgo" ]]; then
+        "$here/pgo.sh"
+    else
+        cargo build --release --bin llmux --example pingora_floor
+    fi
+fi
+if [[ -n "$pgo" ]]; then
+    extra+=(--llmux-bin target/release/llmux-pgo --floor-bin target/release/examples/pingora_floor-pgo
+        --plain-llmux-bin target/release/llmux --plain-floor-bin target/release/examples/pingora_floor)
 fi
 
 # --- run ---------------------------------------------------------------------------------
