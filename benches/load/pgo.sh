@@ -21,7 +21,14 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
 static=""
-[[ "${1:-}" == "--static" ]] && static=1
+case "${1:-}" in
+    "") ;;
+    --static) static=1 ;;
+    *)
+        echo "usage: benches/load/pgo.sh [--static]" >&2
+        exit 2
+        ;;
+esac
 
 pgo="$root/target/pgo"
 host="$(rustc -vV | sed -n 's/^host: //p')"
