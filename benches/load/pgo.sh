@@ -11,9 +11,10 @@
 # Needs `llvm-profdata` of rustc's own LLVM major version: rustup's `llvm-tools` component,
 # or Debian's `llvm-<major>` package (installed when missing, root or sudo). The training
 # traffic is the load driver's (non-stream and stream on all three paths, loopback only,
-# ~40 s); the mock it talks to is the ordinary release build, so mock code stays out of
-# the profile. Builds go to their own target directories under target/pgo (RUSTFLAGS
-# differ, so sharing one would rebuild everything each time); each is a full fat-LTO build.
+# about a minute for the two binaries); the mock it talks to is the ordinary release
+# build, so mock code stays out of the profile. Builds go to their own target directories
+# under target/pgo (RUSTFLAGS differ, so sharing one would rebuild everything each time);
+# each is a full fat-LTO build.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
