@@ -433,9 +433,11 @@ class Bench:
 
 
 def best(points):
-    """The repeat least disturbed by other load: highest req/s (its latencies and CPU too)."""
+    """The repeat least disturbed by other load: highest req/s (its latencies and CPU too).
+    Every repeat's req/s and CPU stay beside it, in run order, for `paired`."""
     p = dict(max(points, key=lambda x: x["rps"]))
     p["repeats_rps"] = [round(x["rps"]) for x in points]
+    p["repeats_cpu"] = [x["cpu_ms_per_req"] for x in points]
     p["errors"] = {k: sum(x["errors"][k] for x in points) for k in points[0]["errors"]}
     return p
 
@@ -1019,6 +1021,20 @@ def ratio(a, b):
     return a / b
 
 
+def paired(a, b, key):
+    """Median over repeats of a/b, each repeat of `a` divided by the same repeat of `b`.
+
+    Repeats run interleaved, so the two sides of a pair ran within a minute of each other
+    under the same background load. The median of such pairs is what the targets are judged
+    on from three repeats up: the ratio of two best-of-N figures rests on two single runs, and
+    on this noisy VM the floor's best c=1 repeat has stood 30-60 % above its own siblings."""
+    ra, rb = (a or {}).get(key), (b or {}).get(key)
+    if not ra or not rb or len(ra) != len(rb):
+        return None
+    rs = [x / y for x, y in zip(ra, rb) if x is not None and y]
+    return statistics.median(rs) if len(rs) == len(ra) else None
+
+
 def render(res):
     m = res["machine"]
     T = res["targets"]
@@ -1047,8 +1063,10 @@ def render(res):
       f"wrk -t1, {s['duration_s']} s per point; streams: sequential client, {s['stream_seconds']} s per path, "
       f"mock --chunk-delay-ms {s['mock_chunk_delay_ms']}. floor and nginx only pass OpenAI through, so every "
       f"llmux path is compared with their OpenAI→OpenAI numbers. Each point ran {s.get('repeats', 1)}× interleaved "
-      f"across targets; the repeat with the highest req/s is shown (least disturbed by other load). At c=1 req/s "
-      f"is bound by wake-up latency, not CPU: read it with the p50 columns.  ")
+      f"across targets; the repeat with the highest req/s is shown (least disturbed by other load), and "
+      f"\"paired\" is the median over repeats of llmux's run divided by the floor's run of the same repeat; "
+      f"from three repeats up the targets are judged on it. At c=1 req/s is bound by wake-up latency, not CPU: "
+      f"read it with the p50 columns.  ")
     sink = m.get("otlp_sink")
     if sink:
         w(f"llmux runs as a sidecar would: health probes every 15 s, and OTLP export of a span per request "
@@ -1056,14 +1074,15 @@ def render(res):
     w("")
     w("### Throughput (req/s, non-stream)")
     w("")
-    w("| path | c | direct | nginx | floor | llmux | llmux/floor | llmux/nginx | llmux CPU util |")
-    w("|---|---|---|---|---|---|---|---|---|")
+    w("| path | c | direct | nginx | floor | llmux | llmux/floor | llmux/floor paired | llmux/nginx | llmux CPU util |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for key in PATHS:
         for c in concs:
             d, n, f, l = pt("direct", key, c), pt("nginx", "openai", c), pt("floor", "openai", c), pt("llmux", key, c)
             g = lambda p, k="rps": p.get(k) if p else None
             w(f"| {PATH_LABEL[key]} | {c} | {fmt(g(d), 0)} | {fmt(g(n), 0)} | {fmt(g(f), 0)} | {fmt(g(l), 0)} | "
-              f"{fmt(ratio(g(l), g(f)), 2)} | {fmt(ratio(g(l), g(n)), 2)} | {pct(g(l, 'cpu_util'))} |")
+              f"{fmt(ratio(g(l), g(f)), 2)} | {fmt(paired(l, f, 'repeats_rps'), 2)} | {fmt(ratio(g(l), g(n)), 2)} | "
+              f"{pct(g(l, 'cpu_util'))} |")
     w("")
     w("### Added latency over direct (ms, non-stream): p50 / p99")
     w("")
@@ -1086,14 +1105,16 @@ def render(res):
     w("")
     w("### Proxy CPU per request (ms, non-stream)")
     w("")
-    w("| path | c | nginx | floor | llmux | llmux/floor | llmux/nginx | kernel share floor / llmux |")
-    w("|---|---|---|---|---|---|---|---|")
+    w("| path | c | nginx | floor | llmux | llmux/floor | llmux/floor paired | llmux/nginx | kernel share floor / llmux |")
+    w("|---|---|---|---|---|---|---|---|---|")
     for key in PATHS:
         for c in concs:
             g = lambda p, k="cpu_ms_per_req": p.get(k) if p else None
             n, f, l = g(pt("nginx", "openai", c)), g(pt("floor", "openai", c)), g(pt("llmux", key, c))
+            pr = paired(pt("llmux", key, c), pt("floor", "openai", c), "repeats_cpu")
             ks = f"{pct(g(pt('floor', 'openai', c), 'cpu_sys_share'))} / {pct(g(pt('llmux', key, c), 'cpu_sys_share'))}"
-            w(f"| {PATH_LABEL[key]} | {c} | {fmt(n, 4)} | {fmt(f, 4)} | {fmt(l, 4)} | {fmt(ratio(l, f), 2)} | {fmt(ratio(l, n), 2)} | {ks} |")
+            w(f"| {PATH_LABEL[key]} | {c} | {fmt(n, 4)} | {fmt(f, 4)} | {fmt(l, 4)} | {fmt(ratio(l, f), 2)} | "
+              f"{fmt(pr, 2)} | {fmt(ratio(l, n), 2)} | {ks} |")
     w("")
     w("### Streams (one client, sequential): added over direct, ms")
     w("")
@@ -1180,29 +1201,39 @@ def render(res):
     def target(label, value, ok, shown):
         w(f"| {label} | {shown} | {'–' if value is None else ('yes' if ok else 'no')} |")
 
+    def judged(l, f, key, best_key):
+        """(value the target is judged on, text): the paired median from three repeats up,
+        else the ratio of the best repeats; the text shows both."""
+        b = ratio((l or {}).get(best_key), (f or {}).get(best_key))
+        m = paired(l, f, key)
+        if m is None or len(l[key]) < 3:
+            return b, fmt(b, 2)
+        return m, f"{fmt(m, 2)} (best repeats {fmt(b, 2)})"
+
     for c in concs:
-        r = ratio((pt("llmux", "openai", c) or {}).get("rps"), (pt("floor", "openai", c) or {}).get("rps"))
-        target(f"OpenAI→OpenAI req/s ≥ 0.9× floor, c={c}", r, r is not None and r >= 0.9, fmt(r, 2))
+        r, shown = judged(pt("llmux", "openai", c), pt("floor", "openai", c), "repeats_rps", "rps")
+        target(f"OpenAI→OpenAI req/s ≥ 0.9× floor, c={c}", r, r is not None and r >= 0.9, shown)
     if "1" in concs:
         l, d = pt("llmux", "openai", "1"), pt("direct", "openai", "1")
         v = l["p50_ms"] - d["p50_ms"] if l and d else None
         target("added p50 at c=1 ≤ 0.15 ms", v, v is not None and v <= 0.15, f"{fmt(v)} ms")
     c_hi = concs[-1]
     for key in ("anthropic", "gemini"):
-        r = ratio((pt("llmux", key, c_hi) or {}).get("rps"), (pt("floor", "openai", c_hi) or {}).get("rps"))
-        target(f"{PATH_LABEL[key]} req/s ≥ 0.8× floor, c={c_hi}", r, r is not None and r >= 0.8, fmt(r, 2))
+        r, shown = judged(pt("llmux", key, c_hi), pt("floor", "openai", c_hi), "repeats_rps", "rps")
+        target(f"{PATH_LABEL[key]} req/s ≥ 0.8× floor, c={c_hi}", r, r is not None and r >= 0.8, shown)
     for key in PATHS:
         l, d = st("llmux", key), st("direct", key)
         v = l["ttft_p50_ms"] - d["ttft_p50_ms"] if l and d and l.get("ttft_p50_ms") is not None and d.get("ttft_p50_ms") is not None else None
         target(f"stream added TTFT p50 ≤ 0.3 ms ({PATH_LABEL[key]})", v, v is not None and v <= 0.3, f"{fmt(v)} ms")
     for c in concs:
-        r = ratio((pt("llmux", "openai", c) or {}).get("cpu_ms_per_req"), (pt("floor", "openai", c) or {}).get("cpu_ms_per_req"))
-        target(f"CPU/request ≤ 1.15× floor (OpenAI→OpenAI, c={c})", r, r is not None and r <= 1.15, fmt(r, 2))
+        r, shown = judged(pt("llmux", "openai", c), pt("floor", "openai", c), "repeats_cpu", "cpu_ms_per_req")
+        target(f"CPU/request ≤ 1.15× floor (OpenAI→OpenAI, c={c})", r, r is not None and r <= 1.15, shown)
     if "llmux-redis" in V and "llmux-ledger" in V:
         for c in concs:
-            r = ratio(V["llmux-redis"]["paths"].get("openai", {}).get("points", {}).get(c, {}).get("rps"),
-                      V["llmux-ledger"]["paths"].get("openai", {}).get("points", {}).get(c, {}).get("rps"))
-            target(f"backend: redis req/s ≥ 0.9× memory (c={c})", r, r is not None and r >= 0.9, fmt(r, 2))
+            r, shown = judged(V["llmux-redis"]["paths"].get("openai", {}).get("points", {}).get(c),
+                              V["llmux-ledger"]["paths"].get("openai", {}).get("points", {}).get(c),
+                              "repeats_rps", "rps")
+            target(f"backend: redis req/s ≥ 0.9× memory (c={c})", r, r is not None and r >= 0.9, shown)
     lt = T.get("llmux")
     if lt:
         v = lt["peak_rss_kib"] / 1024

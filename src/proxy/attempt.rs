@@ -585,7 +585,21 @@ async fn attempt(
         });
     }
 
-    // Stream: read until the translator has the first bytes for the client.
+    // Stream. The head is built and the client's socket corked now, while the provider is
+    // still thinking: at the first token only the writes are left on its path. (The head's
+    // building and its cork, done there, cost ~40 µs of cold code between the token's arrival
+    // and its departure; a later token costs one write.) Nothing is written before the first
+    // token, so failover stays possible, and an empty cork sends nothing when it is dropped.
+    let stream_extra = [extra[0], extra[1], extra[2], ("cache-control", "no-cache")];
+    let mut head = respond::header(200, "text/event-stream; charset=utf-8", rid, &stream_extra)
+        .map_err(|_| AttemptError::ClientGone)?;
+    let _ = head.insert_header("transfer-encoding", HeaderValue::from_static("chunked"));
+    // Pingora sends a stream's head on its own: corked, the head and the first event reach
+    // the client in one segment, and the first token no longer waits behind a send.
+    let cork = session
+        .as_http1()
+        .and_then(|h1| Cork::new(h1.stream().id()));
+    // Read until the translator has the first bytes for the client.
     let mut translator = provider.adapter.stream_translator(req, &target.model);
     let mut tagger = CostTagger { target, cost: None };
     let mut out = BytesMut::new();
@@ -606,15 +620,6 @@ async fn attempt(
     }
     let ttft = sent_at.elapsed();
     tagger.tag(translator.as_ref(), &mut out);
-    let stream_extra = [extra[0], extra[1], extra[2], ("cache-control", "no-cache")];
-    let mut head = respond::header(200, "text/event-stream; charset=utf-8", rid, &stream_extra)
-        .map_err(|_| AttemptError::ClientGone)?;
-    let _ = head.insert_header("transfer-encoding", HeaderValue::from_static("chunked"));
-    // Pingora sends a stream's head on its own: corked, the head and the first event reach
-    // the client in one segment, and the first token no longer waits behind a send.
-    let cork = session
-        .as_http1()
-        .and_then(|h1| Cork::new(h1.stream().id()));
     session
         .write_response_header(Box::new(head), false)
         .await
