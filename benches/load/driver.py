@@ -702,6 +702,9 @@ def main_run(a):
     work = Path(tempfile.mkdtemp(prefix="llmux-load-"))
     (work / "nginx-tmp").mkdir()
     kids = Children(a.pidfile)
+    # The driver's own threads (the OTLP sink among them) belong on the load CPU too, however
+    # the driver was started.
+    os.sched_setaffinity(0, {int(c) for c in str(a.load_cpu).split(",")})
     otlp = OtlpSink()
 
     def on_signal(signum, _frame):

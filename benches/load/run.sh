@@ -43,6 +43,7 @@ trap 'exit 143' TERM HUP
 
 # --- prerequisites -----------------------------------------------------------------------
 extra=()
+one_cpu=""
 pgo=""
 args=()
 for arg in "$@"; do
@@ -52,6 +53,7 @@ set -- "${args[@]}"
 if [[ "$(nproc)" -lt 2 ]]; then
     echo "warning: one CPU only; proxy and load generator will share it" >&2
     extra=(--proxy-cpu 0 --load-cpu 0)
+    one_cpu=1
 fi
 for tool in python3 taskset cargo; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
@@ -93,8 +95,9 @@ fi
 # --- run ---------------------------------------------------------------------------------
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (numbers are cleanest below 0.7)" >&2
 # The driver (and the wrk / stream client it starts) stays off the proxy's CPU.
+# (Only on one CPU does it share the proxy's: --pgo's binary options are no reason to.)
 load_cpu=1
-((${#extra[@]})) && load_cpu=0
+[[ -n "$one_cpu" ]] && load_cpu=0
 for ((i = 1; i <= $#; i++)); do
     [[ "${!i}" == "--load-cpu" ]] && { j=$((i + 1)); load_cpu="${!j}"; }
 done
