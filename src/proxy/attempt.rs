@@ -586,10 +586,11 @@ async fn attempt(
     }
 
     // Stream. The head is built and the client's socket corked now, while the provider is
-    // still thinking: at the first token only the writes are left on its path. (The head's
-    // building and its cork, done there, cost ~40 µs of cold code between the token's arrival
-    // and its departure; a later token costs one write.) Nothing is written before the first
-    // token, so failover stays possible, and an empty cork sends nothing when it is dropped.
+    // still thinking: at the first token only the writes are left on its path. (That path
+    // measured ~40 µs longer than a later token's one write, much of it code that runs once
+    // per stream, from a cold cache; see docs/performance.md, sixth pass.) Nothing is
+    // written before the first token, so failover stays possible, and an empty cork sends
+    // nothing when it is dropped.
     let stream_extra = [extra[0], extra[1], extra[2], ("cache-control", "no-cache")];
     let mut head = respond::header(200, "text/event-stream; charset=utf-8", rid, &stream_extra)
         .map_err(|_| AttemptError::ClientGone)?;
