@@ -1030,7 +1030,7 @@ def paired(a, b, key):
     Repeats run interleaved, so the two sides of a pair ran within a minute of each other
     under the same background load. The median of such pairs is what the targets are judged
     on from three repeats up: the ratio of two best-of-N figures rests on two single runs, and
-    on this noisy VM the floor's best c=1 repeat has stood 30-60 % above its own siblings."""
+    on this noisy VM the floor's best c=1 repeat has stood 28-63 % above its own siblings."""
     ra, rb = (a or {}).get(key), (b or {}).get(key)
     if not ra or not rb or len(ra) != len(rb):
         return None
