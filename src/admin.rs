@@ -6,11 +6,9 @@ use crate::health::Endpoint;
 use crate::proxy::{request_id, GatewayState};
 use crate::routing::constant_time_eq;
 use crate::types::GatewayError;
-use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::http::ServerSession as Session;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,22 +25,10 @@ pub struct Admin {
     pub reloader: Arc<dyn Reload>,
 }
 
-#[async_trait]
-impl ProxyHttp for Admin {
-    type CTX = ();
-
-    fn new_ctx(&self) -> Self::CTX {}
-
-    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora::Result<Box<HttpPeer>> {
-        Err(pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "admin answers every request itself",
-        ))
-    }
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
+impl crate::proxy::app::Handler for Admin {
+    async fn handle(&self, session: &mut Session) -> pingora::Result<()> {
         let rid = request_id(session);
-        let (status, content_type, body) = match self.handle(session) {
+        let (status, content_type, body) = match self.answer(session) {
             Ok((status, content_type, body)) => (status, content_type, body),
             Err(e) => (e.status(), "application/json", e.body()),
         };
@@ -50,20 +36,16 @@ impl ProxyHttp for Admin {
         resp.insert_header("content-type", content_type)?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("x-request-id", rid)?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
-    }
-
-    fn suppress_error_log(&self, _s: &Session, _c: &(), _e: &pingora::Error) -> bool {
-        true
+        session.write_response_header(Box::new(resp)).await?;
+        session.write_response_body(body, true).await
     }
 }
 
 type Answer = (u16, &'static str, Bytes);
 
 impl Admin {
-    fn handle(&self, session: &Session) -> Result<Answer, GatewayError> {
+    /// The status, content type and body for one admin request.
+    fn answer(&self, session: &Session) -> Result<Answer, GatewayError> {
         let table = self.state.table.load();
         // The dashboard page and its static assets hold no data, and a browser cannot send a
         // bearer with a navigation: they are public. The page sends the token the user types

@@ -96,8 +96,8 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
     state.fleet = crate::fleet::Fleet::from_config(&cfg.state);
     let state = Arc::new(state);
 
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
+    let mut proxy = crate::proxy::app::service(
+        "llmux gateway",
         Gateway {
             state: state.clone(),
         },
@@ -105,8 +105,8 @@ pub fn serve(config_path: &Path, overrides: ListenOverrides) -> Result<(), Strin
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     let reloader = Arc::new(Reloader::new(config_path.to_path_buf(), state.clone()));
-    let mut admin = pingora::proxy::http_proxy_service(
-        &server.configuration,
+    let mut admin = crate::proxy::app::service(
+        "llmux admin",
         Admin {
             state: state.clone(),
             reloader: reloader.clone(),

@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -632,6 +633,25 @@ def stream_client(a):
 # The run
 
 
+def bolted(binary):
+    """True when BOLT laid the binary out (pgo.sh's last step): it adds a `.note.bolt_info`
+    section. Reads the ELF64 section-name table only."""
+    try:
+        with open(binary, "rb") as f:
+            head = f.read(64)
+            if head[:5] != b"\x7fELF\x02":
+                return False
+            shoff, = struct.unpack_from("<Q", head, 0x28)
+            shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x3A)
+            f.seek(shoff + shstrndx * shentsize)
+            strtab = f.read(shentsize)
+            off, size = struct.unpack_from("<QQ", strtab, 0x18)
+            f.seek(off)
+            return b"\0.note.bolt_info\0" in f.read(min(size, 1 << 20))
+    except (OSError, struct.error):
+        return False
+
+
 def machine_info():
     model = "unknown CPU"
     try:
@@ -724,6 +744,7 @@ def main_run(a):
         for b in (bin_llmux, bin_floor, *plain.values())
     }
     info["pgo"] = bool(plain)
+    info["bolt"] = {"llmux": bolted(bin_llmux), "floor": bolted(bin_floor)}
     info["load_before"] = loadavg()
     info["settings"] = {
         "duration_s": a.duration,
@@ -1060,7 +1081,10 @@ def render(res):
     built = ", ".join(f"`{Path(b).name}` built {t}" for b, t in m.get("binaries", {}).items())
     w(f"Work tree {m['git']} ({built}); {m['nginx']}; {m['wrk']}; {m['rustc']}.  ")
     if m.get("pgo"):
-        w("llmux and the floor are both profile-guided builds (`benches/load/pgo.sh`, trained on this "
+        bolt = m.get("bolt", {})
+        laid_out = (" laid out again by BOLT from a second training run" if all(bolt.get(t) for t in ("llmux", "floor"))
+                    else "" if not any(bolt.values()) else f" (BOLT: {', '.join(t for t, b in bolt.items() if b)} only)")
+        w(f"llmux and the floor are both profile-guided builds{laid_out} (`benches/load/pgo.sh`, trained on this "
           "benchmark's traffic); their plain release builds run as variants.  ")
     w(f"Proxy on CPU {s['proxy_cpu']}; mock, wrk and the stream client on CPU {s['load_cpu']}. "
       f"wrk -t1, {s['duration_s']} s per point; streams: sequential client, {s['stream_seconds']} s per path, "

@@ -4,9 +4,9 @@
 #   benches/load/run.sh                    # build release, install wrk/nginx-light if missing, run
 #   benches/load/run.sh --duration 3       # any driver.py option (see driver.py run --help)
 #   SKIP_BUILD=1 benches/load/run.sh       # reuse target/release binaries
-#   benches/load/run.sh --pgo              # llmux and the floor as profile-guided builds
-#                                          # (benches/load/pgo.sh, ~25 min more); the plain
-#                                          # builds run beside them as variants
+#   benches/load/run.sh --pgo              # llmux and the floor as profile-guided builds laid
+#                                          # out by BOLT (benches/load/pgo.sh, ~25 min more);
+#                                          # the plain builds run beside them as variants
 #
 # Needs Linux with 2+ CPUs, Python 3, taskset (util-linux), Rust; on Debian/Ubuntu it installs
 # `wrk` and `nginx-light` itself (root or sudo). Loopback only. Takes about 5 minutes after

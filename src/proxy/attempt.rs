@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use std::future::Future;
@@ -622,11 +622,11 @@ async fn attempt(
     let ttft = sent_at.elapsed();
     tagger.tag(translator.as_ref(), &mut out);
     session
-        .write_response_header(Box::new(head), false)
+        .write_response_header(Box::new(head))
         .await
         .map_err(|_| AttemptError::ClientGone)?;
     session
-        .write_response_body(Some(out.split().freeze()), ended)
+        .write_response_body(out.split().freeze(), ended)
         .await
         .map_err(|_| AttemptError::ClientGone)?;
     drop(cork);
@@ -720,7 +720,7 @@ async fn pump(
                     tagger.tag(translator, &mut out);
                     if !out.is_empty() {
                         session
-                            .write_response_body(Some(out.split().freeze()), false)
+                            .write_response_body(out.split().freeze(), false)
                             .await
                             .map_err(|_| AttemptError::ClientGone)?;
                     }
@@ -735,7 +735,7 @@ async fn pump(
                 Ok(()) => {
                     tagger.tag(translator, &mut out);
                     session
-                        .write_response_body(Some(out.split().freeze()), true)
+                        .write_response_body(out.split().freeze(), true)
                         .await
                         .map_err(|_| AttemptError::ClientGone)?;
                     return Ok(true);
@@ -762,7 +762,7 @@ async fn pump(
         crate::providers::sse::data_event(&mut out, failure.to_json().to_string().as_bytes());
         out.extend_from_slice(crate::providers::sse::DONE);
         session
-            .write_response_body(Some(out.split().freeze()), true)
+            .write_response_body(out.split().freeze(), true)
             .await
             .map_err(|_| AttemptError::ClientGone)?;
         return Ok(false);

@@ -1,10 +1,11 @@
-//! The Pingora glue: one `ProxyHttp` whose `request_filter` answers every request itself.
+//! The Pingora glue: one handler that answers every request itself.
 //!
 //! Pingora's own retry path replays at most 64 KiB of request body, and prompts are larger,
-//! so llmux reads the body in `request_filter`, runs its own attempt loop over Pingora's
-//! pooled `Connector`, and writes the response. This module only routes paths and frames
-//! responses; the attempt loop lives in [`attempt`].
+//! so llmux reads the body itself, runs its own attempt loop over Pingora's pooled
+//! `Connector`, and writes the response. This module only routes paths and frames
+//! responses; the attempt loop lives in [`attempt`], the Pingora application in [`app`].
 
+pub mod app;
 mod attempt;
 pub mod probe;
 mod respond;
@@ -13,11 +14,9 @@ use crate::dns::Resolver;
 use crate::routing::RoutingTable;
 use crate::types::{ChatRequest, GatewayError};
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::v1::Connector;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::http::ServerSession as Session;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,33 +84,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = ();
-
-    fn new_ctx(&self) -> Self::CTX {}
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut (),
-    ) -> pingora::Result<Box<HttpPeer>> {
-        // Every request is answered in `request_filter`; reaching here is a bug.
-        Err(pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "llmux answers every request in request_filter",
-        ))
-    }
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
+impl app::Handler for Gateway {
+    async fn handle(&self, session: &mut Session) -> pingora::Result<()> {
         let _guard = InFlight::enter(&self.state.in_flight);
-        self.route(session).await?;
-        Ok(true)
-    }
-
-    fn suppress_error_log(&self, _session: &Session, _ctx: &(), _error: &pingora::Error) -> bool {
-        // Client disconnects are logged by llmux itself at debug level.
-        true
+        self.route(session).await
     }
 }
 

@@ -7,7 +7,7 @@ use crate::types::GatewayError;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 
 /// The request id: the client's `x-request-id` when it is sane, else a fresh one.
 pub fn request_id(session: &Session) -> String {
@@ -63,8 +63,8 @@ pub async fn json(
 ) -> pingora::Result<()> {
     let mut resp = header(status, "application/json", rid, extra)?;
     resp.insert_header("content-length", itoa::Buffer::new().format(body.len()))?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(resp)).await?;
+    session.write_response_body(body, true).await
 }
 
 /// Writes an OpenAI-shaped error with its status (and `retry-after`/`allow` when known).

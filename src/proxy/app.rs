@@ -1,0 +1,119 @@
+//! The HTTP application Pingora runs for each listener: read a request head, hand the session
+//! to a [`Handler`], give the connection back for keep-alive.
+//!
+//! llmux answers every request itself (see the module above), so Pingora's `HttpProxy` was
+//! only a shell around `request_filter`, and its request future (~11.6 KB, nearly all of it
+//! the `proxy_to_upstream` path llmux never takes) was allocated and copied into a box for
+//! every request: ~13.5 k instructions of `memcpy` per request, the same in the bare Pingora
+//! hop it is measured against. This app does what `HttpProxy` did on the path llmux uses,
+//! and nothing else; its per-request future is the handler's own (docs/performance.md,
+//! seventh pass).
+
+use async_trait::async_trait;
+use http::Method;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::listening::Service;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Answers one request on a session whose head has been read.
+pub trait Handler: Send + Sync + 'static {
+    /// Writes the whole response. An error means the client could not be written to: the
+    /// connection is closed rather than reused.
+    fn handle<'a>(
+        &'a self,
+        session: &'a mut ServerSession,
+    ) -> impl Future<Output = pingora::Result<()>> + Send + 'a;
+}
+
+/// A [`Handler`] as a Pingora HTTP application.
+pub struct App<H> {
+    handler: H,
+    /// Set (and `idle` notified) when the server shuts down, so connections waiting idle for
+    /// their next request close instead of holding the shutdown up.
+    closing: AtomicBool,
+    idle: Notify,
+}
+
+/// A listening service (add listeners with `add_tcp`) that runs `handler` for each request.
+pub fn service<H: Handler>(name: &str, handler: H) -> Service<App<H>> {
+    Service::new(
+        name.to_owned(),
+        App {
+            handler,
+            closing: AtomicBool::new(false),
+            idle: Notify::new(),
+        },
+    )
+}
+
+impl<H> App<H> {
+    /// Resolves once the server is shutting down.
+    async fn closing(&self) {
+        let notified = self.idle.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a shutdown between the two is not missed.
+        notified.as_mut().enable();
+        if !self.closing.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl<H: Handler> HttpServerApp for App<H> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            // A request already buffered is served even when shutdown has begun.
+            biased;
+            read = session.read_request() => read,
+            () = self.closing() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            // The client closed a kept-alive connection.
+            Ok(false) => return None,
+            Err(e) => {
+                // A malformed head gets a 400; anything else is a broken connection.
+                if matches!(e.etype(), pingora::ErrorType::InvalidHTTPHeader) {
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        // CONNECT changes how the connection is framed; nothing here tunnels.
+        if session.req_header().method == Method::CONNECT {
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        if self.handler.handle(&mut session).await.is_err() {
+            session.shutdown().await;
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|stream| ReusedHttpStream::from_reusable_stream(stream, settings))
+    }
+
+    async fn http_cleanup(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.idle.notify_waiters();
+    }
+}
