@@ -16,9 +16,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// Answers one request on a session whose head has been read.
 pub trait Handler: Send + Sync + 'static {
@@ -31,37 +29,16 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// A [`Handler`] as a Pingora HTTP application.
+///
+/// Connections idle between requests need no shutdown signal of their own: Pingora's
+/// runtime shutdown drops their tasks, after llmux has drained the requests in flight.
 pub struct App<H> {
     handler: H,
-    /// Set (and `idle` notified) when the server shuts down, so connections waiting idle for
-    /// their next request close instead of holding the shutdown up.
-    closing: AtomicBool,
-    idle: Notify,
 }
 
 /// A listening service (add listeners with `add_tcp`) that runs `handler` for each request.
 pub fn service<H: Handler>(name: &str, handler: H) -> Service<App<H>> {
-    Service::new(
-        name.to_owned(),
-        App {
-            handler,
-            closing: AtomicBool::new(false),
-            idle: Notify::new(),
-        },
-    )
-}
-
-impl<H> App<H> {
-    /// Resolves once the server is shutting down.
-    async fn closing(&self) {
-        let notified = self.idle.notified();
-        tokio::pin!(notified);
-        // Registered before the flag is read, so a shutdown between the two is not missed.
-        notified.as_mut().enable();
-        if !self.closing.load(Ordering::Acquire) {
-            notified.await;
-        }
-    }
+    Service::new(name.to_owned(), App { handler })
 }
 
 #[async_trait]
@@ -71,13 +48,7 @@ impl<H: Handler> HttpServerApp for App<H> {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let read = tokio::select! {
-            // A request already buffered is served even when shutdown has begun.
-            biased;
-            read = session.read_request() => read,
-            () = self.closing() => return None,
-        };
-        match read {
+        match session.read_request().await {
             Ok(true) => {}
             // The client closed a kept-alive connection.
             Ok(false) => return None,
@@ -110,10 +81,5 @@ impl<H: Handler> HttpServerApp for App<H> {
             .ok()
             .flatten()
             .map(|stream| ReusedHttpStream::from_reusable_stream(stream, settings))
-    }
-
-    async fn http_cleanup(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.idle.notify_waiters();
     }
 }

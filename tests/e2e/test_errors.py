@@ -5,7 +5,9 @@ import http.client
 import json
 import os
 import random
+import signal
 import socket
+import time
 
 import pytest
 from conftest import Gateway, standard_config
@@ -150,6 +152,50 @@ def test_garbage_never_takes_the_gateway_down(gateway):
                 pass
     status, _, _ = gateway.request("POST", "/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "still alive?"}]})
     assert status == 200
+
+
+def raw_exchange(port, data):
+    """Sends raw bytes on a fresh connection; returns the first bytes of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        return s.recv(4096)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n",
+        b"\x00\x01\x02garbage\r\n\r\n",
+    ],
+)
+def test_malformed_request_head_gets_a_400(gateway, head):
+    for port in (gateway.port, gateway.admin_port):
+        assert raw_exchange(port, head).startswith(b"HTTP/1.1 400 "), port
+
+
+def test_connect_is_refused_with_405(gateway):
+    answer = raw_exchange(gateway.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 "), answer
+    assert gateway.request("GET", "/healthz")[0] == 200
+
+
+def test_idle_kept_alive_connection_is_closed_at_shutdown_not_waited_for(mock):
+    """A client holding a kept-alive connection open between requests must not hold the
+    shutdown up for the grace period: the connection is closed and the process exits."""
+    g = Gateway(standard_config(mock.url, extra_server="  shutdown_grace: 20s"))
+    try:
+        with socket.create_connection(("127.0.0.1", g.port), timeout=15) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200 ") and b"keep-alive" in head.lower(), head
+            g.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert s.recv(4096) == b"", "the idle connection is closed"
+            assert g.proc.wait(15) == 0
+            assert time.monotonic() - started < 10, "exit did not wait out the 20 s grace"
+    finally:
+        g.stop()
 
 
 def test_no_secret_reaches_a_response_the_log_metrics_or_admin(mock):
