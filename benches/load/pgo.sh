@@ -8,7 +8,10 @@
 #   benches/load/pgo.sh                # -> target/release/llmux-pgo, target/release/examples/pingora_floor-pgo
 #   benches/load/pgo.sh --static       # llmux only, static glibc for the container image
 #                                      #    -> target/x86_64-unknown-linux-gnu/release/llmux (PGO)
-#   benches/load/pgo.sh --no-bolt      # PGO only (either mode)
+#   benches/load/pgo.sh --no-bolt      # PGO only
+#
+# The static build (--static) stays PGO only: BOLT's instrumentation of a static-pie binary
+# has not been verified here.
 #
 # What PGO buys here and why it is worth a second build: docs/performance.md ("Fifth pass");
 # what BOLT adds on top: "Seventh pass". BOLT needs `llvm-bolt` and `merge-fdata` of the same
@@ -39,6 +42,7 @@ for arg in "$@"; do
             ;;
     esac
 done
+[[ -n "$static" ]] && bolt=""
 
 pgo="$root/target/pgo"
 host="$(rustc -vV | sed -n 's/^host: //p')"

@@ -227,7 +227,7 @@ impl Gateway {
             key_name: key_name.as_deref(),
             traceparent: traceparent.as_deref(),
         };
-        // Boxed, so the future `async_trait` boxes for `request_filter` stays small. The
+        // Boxed, so the future `async_trait` boxes per request (`app::App`) stays small. The
         // attempt loop's own future (~4.5 KB; Pingora's connect future is boxed apart, only
         // when a request has to connect) is moved into its box once per request.
         Box::pin(attempt::run(
