@@ -50,7 +50,7 @@ impl<H: Handler> HttpServerApp for App<H> {
     ) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
-            // The client closed a kept-alive connection.
+            // The connection closed before a request arrived (a kept-alive one, usually).
             Ok(false) => return None,
             Err(e) => {
                 // A malformed head gets a 400; anything else is a broken connection.

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import socket
-import time
 
 import pytest
 from conftest import Gateway, standard_config
@@ -183,17 +182,16 @@ def test_connect_is_refused_with_405(gateway):
 def test_idle_kept_alive_connection_is_closed_at_shutdown_not_waited_for(mock):
     """A client holding a kept-alive connection open between requests must not hold the
     shutdown up for the grace period: the connection is closed and the process exits."""
-    g = Gateway(standard_config(mock.url, extra_server="  shutdown_grace: 20s"))
+    g = Gateway(standard_config(mock.url, extra_server="  shutdown_grace: 60s"))
     try:
         with socket.create_connection(("127.0.0.1", g.port), timeout=15) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             head = s.recv(4096)
             assert head.startswith(b"HTTP/1.1 200 ") and b"keep-alive" in head.lower(), head
             g.proc.send_signal(signal.SIGTERM)
-            started = time.monotonic()
             assert s.recv(4096) == b"", "the idle connection is closed"
+            # Waiting on the idle connection would take the 60 s grace: a hang, not a timing.
             assert g.proc.wait(15) == 0
-            assert time.monotonic() - started < 10, "exit did not wait out the 20 s grace"
     finally:
         g.stop()
 

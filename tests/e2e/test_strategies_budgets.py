@@ -2,6 +2,7 @@
 budgets and free-tier quotas that move traffic before a free quota turns into paid traffic."""
 
 import json
+import time
 
 import pytest
 from conftest import BIN, Gateway, Mock, Proc
@@ -63,13 +64,17 @@ models:
     g = Gateway(cfg)
     long_prompt = "lorem ipsum dolor sit amet " * 1000  # ~27 KB, ~7k tokens
     try:
+        # Routing reads P95s that are recomputed every 0.5 s: each warm-up round is decided
+        # on the previous round's samples, so both endpoints get measured in both buckets.
         for _ in range(3):
             provider_of(g, "chat")
             provider_of(g, "chat", long_prompt)
-        short = [provider_of(g, "chat") for _ in range(10)]
-        long = [provider_of(g, "chat", long_prompt) for _ in range(10)]
-        assert short.count("a") >= 9, short
-        assert long.count("b") >= 9, long
+            time.sleep(0.6)
+        # 2 % of requests explore another target first: 20 each, at most 3 astray.
+        short = [provider_of(g, "chat") for _ in range(20)]
+        long = [provider_of(g, "chat", long_prompt) for _ in range(20)]
+        assert short.count("a") >= 17, short
+        assert long.count("b") >= 17, long
     finally:
         g.stop()
 
