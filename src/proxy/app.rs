@@ -9,6 +9,8 @@
 //! and nothing else; its per-request future is the handler's own (docs/performance.md,
 //! seventh pass).
 
+use super::respond;
+use crate::types::GatewayError;
 use async_trait::async_trait;
 use http::Method;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
@@ -55,7 +57,9 @@ impl<H: Handler> HttpServerApp for App<H> {
             Err(e) => {
                 // A malformed head gets a 400; anything else is a broken connection.
                 if matches!(e.etype(), pingora::ErrorType::InvalidHTTPHeader) {
-                    let _ = session.respond_error(400).await;
+                    let err =
+                        GatewayError::invalid("The HTTP request head could not be parsed", "");
+                    refuse(&mut session, &err).await;
                 }
                 session.shutdown().await;
                 return None;
@@ -66,7 +70,12 @@ impl<H: Handler> HttpServerApp for App<H> {
         }
         // CONNECT changes how the connection is framed; nothing here tunnels.
         if session.req_header().method == Method::CONNECT {
-            let _ = session.respond_error(405).await;
+            let err = GatewayError::MethodNotAllowed {
+                method: "CONNECT".into(),
+                path: session.req_header().uri.to_string(),
+                allow: "GET, POST",
+            };
+            refuse(&mut session, &err).await;
             session.shutdown().await;
             return None;
         }
@@ -82,4 +91,11 @@ impl<H: Handler> HttpServerApp for App<H> {
             .flatten()
             .map(|stream| ReusedHttpStream::from_reusable_stream(stream, settings))
     }
+}
+
+/// Answers a request the handler never sees with an OpenAI-format error, then the connection
+/// closes. Best effort: the client may already be gone.
+async fn refuse(session: &mut ServerSession, err: &GatewayError) {
+    let rid = respond::new_request_id();
+    let _ = respond::error(session, err, &rid, &[("connection", "close")]).await;
 }

@@ -8,7 +8,7 @@
 pub mod app;
 mod attempt;
 pub mod probe;
-mod respond;
+pub(crate) mod respond;
 
 use crate::dns::Resolver;
 use crate::routing::RoutingTable;

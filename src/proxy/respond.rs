@@ -19,8 +19,13 @@ pub fn request_id(session: &Session) -> String {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
     match given {
         Some(v) => v.to_owned(),
-        None => fresh_request_id(fastrand::u64(..), fastrand::u64(..)),
+        None => new_request_id(),
     }
+}
+
+/// A fresh request id, for answers given before a request head could be read.
+pub fn new_request_id() -> String {
+    fresh_request_id(fastrand::u64(..), fastrand::u64(..))
 }
 
 /// `req_` and 32 lowercase hex digits (the same text as `format!("req_{a:016x}{b:016x}")`).

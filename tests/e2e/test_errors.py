@@ -154,10 +154,19 @@ def test_garbage_never_takes_the_gateway_down(gateway):
 
 
 def raw_exchange(port, data):
-    """Sends raw bytes on a fresh connection; returns the first bytes of the answer."""
+    """Sends raw bytes on a fresh connection; returns everything until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(data)
-        return s.recv(4096)
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+        return out
+
+
+def raw_error(answer):
+    """(status line, error object) of a raw HTTP answer with an OpenAI-format error body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], json.loads(body)["error"]
 
 
 @pytest.mark.parametrize(
@@ -170,12 +179,16 @@ def raw_exchange(port, data):
 )
 def test_malformed_request_head_gets_a_400(gateway, head):
     for port in (gateway.port, gateway.admin_port):
-        assert raw_exchange(port, head).startswith(b"HTTP/1.1 400 "), port
+        status, err = raw_error(raw_exchange(port, head))
+        assert status.startswith(b"HTTP/1.1 400 "), (port, status)
+        assert err["code"] == "invalid_request" and err["message"], err
 
 
 def test_connect_is_refused_with_405(gateway):
     answer = raw_exchange(gateway.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 405 "), answer
+    status, err = raw_error(answer)
+    assert status.startswith(b"HTTP/1.1 405 ") and err["code"] == "method_not_allowed", answer
+    assert b"\r\nallow: get, post\r\n" in answer.lower(), answer
     assert gateway.request("GET", "/healthz")[0] == 200
 
 

@@ -82,7 +82,7 @@ state:
   backend: redis
   redis_url: "{redis.url}"
   key_prefix: {prefix}
-  sync_interval: 100ms
+  sync_interval: {int(SYNC_INTERVAL_S * 1000)}ms
   {extra}
 """
 
