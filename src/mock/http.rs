@@ -1,11 +1,12 @@
 //! A small HTTP/1.1 server loop on tokio + httparse: keep-alive, Content-Length and chunked
 //! request bodies (64 MiB cap), `Expect: 100-continue`, JSON and chunked SSE responses.
 
+use super::pacing::Pacer;
 use super::{guess_flavor, handle, http_error, State};
 use serde_json::Value;
 use std::io::{ErrorKind, Result as IoResult};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -400,12 +401,16 @@ async fn write_response(
         }
         Body::Hang | Body::Close => return Ok(false),
     };
-    // Unpaced streams go out in one write; paced ones flush each event as its own chunk.
+    // Unpaced streams go out in one write; paced ones flush each event as its own chunk, on a
+    // schedule counted from the first event (not from whenever the previous write ended).
     let paced = drop || resp.chunk_delay_ms > 0 || resp.stall_ms > 0;
+    let pacer = paced.then(Pacer::new);
+    let mut due = Instant::now();
     for (i, event) in events.iter().enumerate() {
-        if paced && i > 0 {
-            sleep_ms(if i == 1 { resp.stall_ms } else { 0 }).await;
-            sleep_ms(resp.chunk_delay_ms).await;
+        if let Some(pacer) = pacer.as_ref().filter(|_| i > 0) {
+            let stall = if i == 1 { resp.stall_ms } else { 0 };
+            due += Duration::from_millis(stall + resp.chunk_delay_ms);
+            pacer.sleep_until(due).await;
         }
         out.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
         out.extend_from_slice(event);

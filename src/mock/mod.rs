@@ -81,6 +81,11 @@
 //!   access key of a SigV4 signature; `connection` numbers the client connection that carried
 //!   the request, from 1 in accept order); `POST /_mock/reset` clears that log and the
 //!   prompt-cache memory (registered AWS credentials stay).
+//! * OTLP/HTTP receiver (every flavor): `POST /v1/traces` and `/v1/metrics` with
+//!   `application/x-protobuf` (empty protobuf answer) or `application/json` (`{}`), 415 for
+//!   other content types. Exports are counted, not decoded: `GET /_mock/otlp` →
+//!   `{"traces":{"posts","bytes"},"metrics":{"posts","bytes"}}`; `/_mock/reset` zeroes it.
+//!   Not in the request log.
 //! * Anything else → 404 in the provider's error shape.
 //!
 //! # Deterministic behaviour
@@ -155,6 +160,7 @@ mod eventstream;
 mod gemini;
 mod http;
 mod openai;
+mod pacing;
 mod sigv4;
 #[cfg(test)]
 mod tests;
@@ -165,6 +171,7 @@ use http::{Body, Request, Response};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Which provider API(s) the mock impersonates; `All` lets one port stand in for every upstream.
@@ -253,6 +260,7 @@ pub async fn serve<F: Future<Output = ()> + Send>(
         log: Mutex::new(VecDeque::new()),
         cache: Mutex::new(PrefixCache::default()),
         aws_credentials: Mutex::new(HashMap::new()),
+        otlp: OtlpReceiver::default(),
     });
     let mut conns = tokio::task::JoinSet::new();
     let mut accepted_connections = 0u64;
@@ -286,6 +294,63 @@ pub(crate) struct State {
     /// AWS credentials registered with `POST /_mock/aws-credentials`, by access key id; when
     /// there are any, Bedrock verifies SigV4 signatures against them.
     pub(crate) aws_credentials: Mutex<HashMap<String, sigv4::Known>>,
+    otlp: OtlpReceiver,
+}
+
+/// An OTLP/HTTP receiver that accepts and counts exports without decoding them: the sink a
+/// benchmark points the gateway's telemetry at, cheap enough not to disturb what it measures
+/// (the load benchmark's Python sink cost ~0.7 ms of the load CPU per 200 KB batch).
+#[derive(Default)]
+struct OtlpReceiver {
+    trace_posts: AtomicU64,
+    trace_bytes: AtomicU64,
+    metric_posts: AtomicU64,
+    metric_bytes: AtomicU64,
+}
+
+impl OtlpReceiver {
+    /// Answers an export the way a collector does: an empty success in the request's
+    /// encoding (protobuf or JSON), 415 for any other content type.
+    fn receive(&self, path: &str, req: &Request) -> Response {
+        let content_type = req.header("content-type").unwrap_or("");
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        let resp = match media.to_ascii_lowercase().as_str() {
+            "application/x-protobuf" => Response::new(200, http::Body::Full(Vec::new()))
+                .header("content-type", "application/x-protobuf"),
+            "application/json" => Response::json(200, &json!({})),
+            _ => {
+                let msg = format!("415 unsupported media type, supported: [application/json, application/x-protobuf]; got {media:?}");
+                return Response::new(415, http::Body::Full(msg.into_bytes()))
+                    .header("content-type", "text/plain");
+            }
+        };
+        let (posts, bytes) = match path {
+            "/v1/traces" => (&self.trace_posts, &self.trace_bytes),
+            _ => (&self.metric_posts, &self.metric_bytes),
+        };
+        posts.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(req.body.len() as u64, Ordering::Relaxed);
+        resp
+    }
+
+    fn reset(&self) {
+        for counter in [
+            &self.trace_posts,
+            &self.trace_bytes,
+            &self.metric_posts,
+            &self.metric_bytes,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "traces": { "posts": get(&self.trace_posts), "bytes": get(&self.trace_bytes) },
+            "metrics": { "posts": get(&self.metric_posts), "bytes": get(&self.metric_bytes) },
+        })
+    }
 }
 
 const LOG_CAPACITY: usize = 256;
@@ -479,8 +544,11 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
         ("POST", "/_mock/reset") => {
             lock(&state.log).clear();
             *lock(&state.cache) = PrefixCache::default();
+            state.otlp.reset();
             return Response::json(200, &json!({ "reset": true }));
         }
+        ("GET", "/_mock/otlp") => return Response::json(200, &state.otlp.to_json()),
+        ("POST", path @ ("/v1/traces" | "/v1/metrics")) => return state.otlp.receive(path, req),
         (_, p) if p.starts_with("/_mock/") => {
             return Response::json(404, &json!({ "error": "unknown mock endpoint" }));
         }

@@ -874,3 +874,59 @@ fn chunked_decoder_is_incremental() {
 
 mod bedrock;
 mod dialects;
+
+#[tokio::test]
+async fn otlp_exports_are_accepted_counted_and_reset() {
+    let m = mock().await;
+    let mut c = Client::connect(m.addr).await;
+    let proto: Headers = &[("content-type", "application/x-protobuf")];
+    let spans = vec![0x0a_u8; 300_000];
+    let r = c.request("POST", "/v1/traces", proto, &spans).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    assert!(r.body.is_empty(), "an empty ExportTraceServiceResponse");
+    // The same connection carries the next export (a collector keeps it alive).
+    let json_type: Headers = &[("content-type", "application/json; charset=utf-8")];
+    let r = c.request("POST", "/v1/metrics", json_type, b"{}").await;
+    assert_eq!((r.status, r.json()), (200, json!({})));
+    let text: Headers = &[("content-type", "text/plain")];
+    let r = c.request("POST", "/v1/traces", text, b"spans").await;
+    assert_eq!(r.status, 415, "{}", r.text());
+
+    let counts = get(&m, "/_mock/otlp", &[]).await.json();
+    let expected = json!({
+        "traces": {"posts": 1, "bytes": 300_000},
+        "metrics": {"posts": 1, "bytes": 2},
+    });
+    assert_eq!(counts, expected);
+    let log = get(&m, "/_mock/requests", &[]).await.json();
+    assert_eq!(log["requests"], json!([]), "exports are not chat requests");
+
+    send(&m, "POST", "/_mock/reset", &[], &Value::Null).await;
+    let counts = get(&m, "/_mock/otlp", &[]).await.json();
+    assert_eq!(counts["traces"], json!({"posts": 0, "bytes": 0}));
+}
+
+#[tokio::test]
+async fn paced_events_are_never_early() {
+    // Each event is due `chunk_delay` after the one before, counted from the first event, so
+    // the n-th arrives no earlier than (n-1) delays after the first: never sooner, whatever a
+    // timer's resolution.
+    let m = start(MockOptions {
+        chunk_delay_ms: 3,
+        ..MockOptions::default()
+    })
+    .await;
+    let mut c = Client::connect(m.addr).await;
+    let messages = json!([{"role": "user", "content": "pace me please"}]);
+    let body = json!({"model": "gpt-4o", "messages": messages, "stream": true}).to_string();
+    let t0 = Instant::now();
+    let r = c.request("POST", CHAT, OAI, body.as_bytes()).await;
+    assert!(
+        r.complete && r.chunks.len() > 3,
+        "{} chunks",
+        r.chunks.len()
+    );
+    let events = r.chunks.len() as u64;
+    assert!(t0.elapsed() >= Duration::from_millis(3 * (events - 1)));
+}
