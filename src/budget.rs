@@ -170,6 +170,10 @@ struct Meter {
     /// `health::now_ms` before which no claim is tried again (after one found the fleet
     /// exhausted), unless there is a debt to settle.
     quiet_until_ms: u64,
+    /// Shared: a limit is configured for this meter (as of the last sync plan). Only then
+    /// does a low lease wake the sync: an unlimited meter (a request counted for a
+    /// per-minute quota nobody set) never gets a lease, and woke it on every request.
+    limited: bool,
 }
 
 impl Meter {
@@ -177,6 +181,7 @@ impl Meter {
         if self.period != period {
             *self = Meter {
                 period,
+                limited: self.limited,
                 ..Meter::default()
             };
         }
@@ -397,7 +402,7 @@ impl Ledger {
                     if shared {
                         m.lease -= units;
                         // Half a lease left (or a debt): time to claim the next one.
-                        low |= m.lease <= 0 || m.lease * 2 <= m.last_size;
+                        low |= m.limited && (m.lease <= 0 || m.lease * 2 <= m.last_size);
                     }
                 }
                 low
@@ -446,12 +451,20 @@ impl Ledger {
             return Vec::new();
         };
         let now = SystemTime::now();
+        // Which meters are limited is decided here, from the current table: a meter whose
+        // limit was removed stops waking the sync, and a key nobody used yet gets its
+        // meters now, so its first spend already wakes it.
+        for meters in map.values_mut() {
+            meters.iter_mut().for_each(|m| m.limited = false);
+        }
         let mut plan = Vec::new();
         for (key, metric, limit) in limits {
-            let Some(meters) = map.get_mut(key) else {
-                continue; // never used here: nothing to claim or settle
+            let meters = match map.get_mut(key) {
+                Some(meters) => meters,
+                None => map.entry(key.clone()).or_default(),
             };
             let m = &mut meters[metric.slot()];
+            m.limited = true;
             m.roll(metric.period_at(now));
             let debt = (-m.lease).max(0) + if m.reseed { m.contributed } else { 0 };
             let size = m.lease_size(*limit, fraction);
@@ -645,6 +658,41 @@ mod tests {
 
     /// Three replicas sharing one store never serve more than the limit plus one lease
     /// each (spent ahead of their first claim), and all of them stop once it is reached.
+    /// Whether the sync was woken (a `notify_one` with nobody waiting leaves a permit).
+    async fn woke(l: &Ledger) -> bool {
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(5), l.lease_low());
+        wait.await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn only_limited_meters_wake_the_sync() {
+        let l = Ledger::new(0.05);
+        l.set_mode(Mode::Shared);
+        let limits = vec![("provider:g".to_owned(), Metric::RequestsPerDay, 1000)];
+        let mut store = FakeStore::default();
+        store.run(&l, &limits); // the sync at start: nothing used yet, nothing claimed
+                                // A key with no limit at all, and the unlimited quantities of a limited key (tokens,
+                                // USD, requests per minute), spend without a lease and must not wake it: they woke
+                                // it on every request, and each wake-up was a Redis round trip.
+        for _ in 0..50 {
+            l.count_request("provider:other");
+            l.add_usage("provider:g", 500, 0.01);
+        }
+        assert!(!woke(&l).await, "spends nobody limits woke the sync");
+        // The first request on the limited key spends ahead of any lease: wake the sync.
+        l.count_request("provider:g");
+        assert!(woke(&l).await, "a debt on a limited meter wakes the sync");
+        store.run(&l, &limits);
+        l.count_request("provider:g");
+        assert!(!woke(&l).await, "a fresh lease has room");
+        // Once the limit is removed from the table, its meter stops waking the sync.
+        store.run(&l, &[]);
+        for _ in 0..100 {
+            l.count_request("provider:g");
+        }
+        assert!(!woke(&l).await, "an unlimited meter woke the sync");
+    }
+
     #[test]
     fn leased_replicas_share_one_limit() {
         let replicas: Vec<Ledger> = (0..3).map(|_| Ledger::new(0.05)).collect();

@@ -126,7 +126,8 @@
 //! for Gemini in the path, `models/gemini-2.5-flash@status=503:generateContent`). Responses report
 //! the name before `@`. `status=N` (N in 400..=599: that provider's error for N, generic body for
 //! unknown N), `retry_after=S`, `latency=MS` (before the response header), `chunk_delay=MS`
-//! (between stream events), `stall=MS` (after the first stream event), `hang` (never answer; hold
+//! (between stream events), `stall=MS` (after the first stream event; paced events keep a
+//! schedule counted from the first, to the microsecond: `pacing.rs`), `hang` (never answer; hold
 //! the connection until the client closes), `drop` (stream: header + first event, then close
 //! without the terminating chunk; otherwise close without answering), `garbage` (200 with an
 //! HTML body, like a broken proxy in front of the provider), `long_latency=MS` (replaces

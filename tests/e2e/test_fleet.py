@@ -231,6 +231,43 @@ models: [ {{ name: chat, targets: [ {{ provider: p, model: priced }} ] }} ]
         stop_all(gws)
 
 
+def test_requests_do_not_each_wake_the_sync(redis, mock):
+    """A replica syncs with Redis on its interval, or sooner when a limited lease runs
+    low; never per request. The unlimited quantities a request also counts (requests per
+    minute, tokens, monthly USD here) have no lease, and used to wake the sync on every
+    request: a Redis round trip per request per replica."""
+    cfg = f"""
+server: {{ listen: "{{LISTEN}}" }}
+providers:
+  - {{ name: p, kind: openai, base_url: "{mock.url}/v1", api_key: k, budget: {{ usd_per_day: 1000000 }}, free_tier: {{ requests_per_day: 1000000000 }} }}
+models: [ {{ name: chat, targets: [ {{ provider: p, model: m }} ] }} ]
+state:
+  backend: redis
+  redis_url: "{redis.url}"
+  key_prefix: t-wake
+  sync_interval: 1s
+"""
+    (g,) = fleet(cfg, n=1)
+    try:
+        wait_synced([g])
+
+        def syncs():  # one MGET per sync (the fleet's breaker and probe state)
+            stats = redis.cli("INFO", "commandstats")
+            line = next((ln for ln in stats.splitlines() if ln.startswith("cmdstat_mget:")), "")
+            return int(line.split("calls=")[1].split(",")[0]) if line else 0
+
+        before, started = syncs(), time.monotonic()
+        for _ in range(100):
+            assert chat(g, "chat")[0] == 200
+        elapsed = time.monotonic() - started
+        woken = syncs() - before
+        # The interval's syncs, plus one to claim the first leases (the first request
+        # spends ahead of them), plus one of slack for a sync in flight at either end.
+        assert woken <= int(elapsed) + 3, f"{woken} syncs for 100 requests in {elapsed:.1f} s"
+    finally:
+        stop_all([g])
+
+
 def flaky_fleet(redis, prefix, breaker):
     """A failing target with a healthy backup, on three replicas; probes out of the way."""
     flaky = Mock("--flavor", "openai")
