@@ -439,11 +439,17 @@ fn order(route: &Route, prompt_tokens: u64, expected_output: u64) -> Vec<Target>
 const EXPLORE_SHARE: f64 = 0.02;
 
 /// Lowest observed P95 first, in the request's prompt-size bucket. Endpoints with no
-/// samples yet sort first, so every endpoint gets measured. Ties keep config order.
+/// samples in that bucket yet sort first, so every endpoint gets measured in every bucket:
+/// an endpoint measured only on long prompts would otherwise carry its long-prompt P95
+/// into the short bucket and be tried there only by exploration. Ties keep config order.
 fn latency_order(targets: &[Target], prompt_tokens: u64) -> Vec<Target> {
     let bucket = crate::stats::prompt_bucket(prompt_tokens);
     let mut v = targets.to_vec();
-    v.sort_by_key(|t| t.endpoint.stats.p95_for(bucket).unwrap_or(Duration::ZERO));
+    v.sort_by_key(|t| {
+        t.endpoint.stats.duration_window[bucket]
+            .p95()
+            .unwrap_or(Duration::ZERO)
+    });
     if v.len() > 1 && fastrand::f64() < EXPLORE_SHARE {
         let explored = v.remove(fastrand::usize(1..v.len()));
         v.insert(0, explored);
@@ -561,6 +567,51 @@ server:
             (1300..1700).contains(&firsts),
             "a first {firsts}/2000 with weight 3:1"
         );
+    }
+
+    #[test]
+    fn lowest_latency_measures_every_endpoint_in_every_prompt_size_bucket() {
+        let t = table(
+            r#"
+providers:
+  - { name: a, kind: openai, base_url: "http://127.0.0.1:1/v1", api_key: k1 }
+  - { name: b, kind: openai, base_url: "http://127.0.0.1:2/v1", api_key: k2 }
+models:
+  - { name: fast, strategy: lowest_latency, targets: [ { provider: a, model: m }, { provider: b, model: m } ] }
+"#,
+        );
+        let (short, long) = (100, 20_000);
+        let first = |tokens| {
+            // Exploration sends 2 % elsewhere: the usual first choice is the one most seen.
+            let a = (0..200)
+                .filter(|_| t.plan("fast", None, tokens, 100).unwrap()[0].provider.name == "a")
+                .count();
+            if a > 150 {
+                "a"
+            } else {
+                "b"
+            }
+        };
+        let plan = t.plan("fast", None, short, 100).unwrap();
+        let window = |p: &str, tokens| {
+            let target = plan.iter().find(|x| x.provider.name == p).unwrap();
+            &target.endpoint.stats.duration_window[crate::stats::prompt_bucket(tokens)]
+        };
+        // A was slow on long prompts; B was measured on short ones only.
+        window("a", long).record(Duration::from_millis(400));
+        window("b", short).record(Duration::from_millis(100));
+        window("b", long).record(Duration::from_millis(100));
+        assert_eq!(first(long), "b", "lower P95 in the long bucket");
+        assert_eq!(
+            first(short),
+            "a",
+            "A is unmeasured on short prompts: it goes first"
+        );
+        window("a", short).record(Duration::from_millis(10));
+        assert_eq!(first(short), "a", "and stays first, being faster there");
+        window("a", short).record(Duration::from_millis(900));
+        window("a", short).record(Duration::from_millis(900));
+        assert_eq!(first(short), "b", "until its short-prompt P95 passes B's");
     }
 
     #[test]
