@@ -656,8 +656,6 @@ mod tests {
         assert_eq!(month, 56 * 12);
     }
 
-    /// Three replicas sharing one store never serve more than the limit plus one lease
-    /// each (spent ahead of their first claim), and all of them stop once it is reached.
     /// Whether the sync was woken (a `notify_one` with nobody waiting leaves a permit).
     async fn woke(l: &Ledger) -> bool {
         let wait = tokio::time::timeout(std::time::Duration::from_millis(5), l.lease_low());
@@ -670,10 +668,11 @@ mod tests {
         l.set_mode(Mode::Shared);
         let limits = vec![("provider:g".to_owned(), Metric::RequestsPerDay, 1000)];
         let mut store = FakeStore::default();
-        store.run(&l, &limits); // the sync at start: nothing used yet, nothing claimed
-                                // A key with no limit at all, and the unlimited quantities of a limited key (tokens,
-                                // USD, requests per minute), spend without a lease and must not wake it: they woke
-                                // it on every request, and each wake-up was a Redis round trip.
+        // The sync at start: nothing used yet, nothing claimed.
+        store.run(&l, &limits);
+        // A key with no limit at all, and the unlimited quantities of a limited key (tokens,
+        // USD, requests per minute), spend without a lease and must not wake it: they woke
+        // it on every request, and each wake-up was a Redis round trip.
         for _ in 0..50 {
             l.count_request("provider:other");
             l.add_usage("provider:g", 500, 0.01);
@@ -693,6 +692,8 @@ mod tests {
         assert!(!woke(&l).await, "an unlimited meter woke the sync");
     }
 
+    /// Three replicas sharing one store never serve more than the limit plus one lease
+    /// each (spent ahead of their first claim), and all of them stop once it is reached.
     #[test]
     fn leased_replicas_share_one_limit() {
         let replicas: Vec<Ledger> = (0..3).map(|_| Ledger::new(0.05)).collect();

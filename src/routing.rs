@@ -597,7 +597,7 @@ models:
             let target = plan.iter().find(|x| x.provider.name == p).unwrap();
             &target.endpoint.stats.duration_window[crate::stats::prompt_bucket(tokens)]
         };
-        // A was slow on long prompts; B was measured on short ones only.
+        // A was measured on long prompts only, and slow there; B on both sizes.
         window("a", long).record(Duration::from_millis(400));
         window("b", short).record(Duration::from_millis(100));
         window("b", long).record(Duration::from_millis(100));
