@@ -41,16 +41,20 @@ def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20.
 
 
 class Proc:
-    """A child process with its log file; stopped with SIGINT at teardown."""
+    """A child process with its log file; stopped with SIGINT at teardown.
 
-    def __init__(self, args, port, env=None, cwd=None):
+    Ready once `port` and every one of `more_ports` accept connections: llmux binds its
+    listener and its admin listener in separate services, in no fixed order."""
+
+    def __init__(self, args, port, env=None, cwd=None, more_ports=()):
         self.log_path = Path(tempfile.mkstemp(prefix="llmux-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")
         self.port = port
         self.proc = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd or ROOT
         )
-        wait_port(port, self.proc, self.log_path)
+        for p in (port, *more_ports):
+            wait_port(p, self.proc, self.log_path)
 
     @property
     def log(self) -> str:
@@ -83,6 +87,7 @@ class Gateway(Proc):
             [BIN, "serve", "--config", path, "--admin-listen", f"127.0.0.1:{self.admin_port}"],
             port,
             env=full_env,
+            more_ports=(self.admin_port,),
         )
         self.url = f"http://127.0.0.1:{port}"
 

@@ -389,7 +389,7 @@ def test_pod_simulation_config_swap_and_sigterm_drain(rendered, tmp_path):
     env["OPENAI_BASE_URL"] = f"{mock.url}/v1"
     env["ANTHROPIC_BASE_URL"] = mock.url
 
-    pod = Proc([BIN, *args], http_port, env=env)
+    pod = Proc([BIN, *args], http_port, env=env, more_ports=(admin_port,))
     try:
         # startupProbe / readinessProbe / livenessProbe, as the kubelet sends them.
         assert wait_until(lambda: http_get(http_port, "/readyz")[0] == 200, timeout=10), pod.log

@@ -436,7 +436,7 @@ def test_config_file_change_through_a_symlink_swap_is_picked_up(mock, tmp_path):
     os.symlink("..data/llmux.yaml", tmp_path / "llmux.yaml")
     from conftest import BIN, Proc
 
-    p = Proc([BIN, "serve", "--config", str(tmp_path / "llmux.yaml"), "--admin-listen", f"127.0.0.1:{admin}"], port)
+    p = Proc([BIN, "serve", "--config", str(tmp_path / "llmux.yaml"), "--admin-listen", f"127.0.0.1:{admin}"], port, more_ports=(admin,))
     try:
         gw = Gateway.__new__(Gateway)
         gw.port, gw.admin_port = port, admin
