@@ -946,9 +946,17 @@ def profile_run(a):
         if a.rust_log:
             env["RUST_LOG"] = a.rust_log
         if a.target == "llmux":
+            state = ""
+            if a.limits == "redis":
+                # The run's `llmux-redis` variant: redis-server of its own on the load CPU.
+                redis_port = free_port()
+                kids.spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no"], a.load_cpu, work / "redis.log")
+                time.sleep(0.3)
+                state = REDIS_STATE.format(port=redis_port)
             cfg = work / "llmux.yaml"
             cfg.write_text(LLMUX_CONFIG.format(port=port, admin=free_port(), mock=mock_port,
-                                               oai_limits="", state="",
+                                               oai_limits=OAI_LIMITS if a.limits else "", state=state,
                                                telemetry=TELEMETRY.format(port=mock_port) if a.otlp else ""))
             argv = [bin_llmux, "serve", "--config", cfg]
             model = f"bench-{a.path}"
@@ -995,7 +1003,8 @@ def profile_run(a):
     (work / "inclusive.txt").write_text(incl)
     label = (f"{a.target}{' --work-stealing' if a.target == 'floor' and a.work_stealing else ''} "
              f"{PATH_LABEL[a.path] if a.target == 'llmux' else 'OpenAI→OpenAI'} {'stream' if a.stream else 'non-stream'}"
-             f"{', RUST_LOG=' + a.rust_log if a.rust_log else ''}{', OTLP export' if a.otlp else ''}")
+             f"{', RUST_LOG=' + a.rust_log if a.rust_log else ''}{', OTLP export' if a.otlp else ''}"
+             f"{', limits counted in ' + a.limits if a.limits else ''}")
     print(f"## callgrind: {label}, {a.requests} requests (after {a.warmup} warm-up)")
     print(f"instructions per request: {total / a.requests:,.0f}  (total {total:,})")
     if len(events) > 1:
@@ -1310,6 +1319,9 @@ def main():
                     help="simulate the caches too (I1/D1/LL misses per request; ~2x slower)")
     pr.add_argument("--otlp", action="store_true",
                     help="llmux: export spans and metrics to a local OTLP sink, as the load run does")
+    pr.add_argument("--limits", choices=["memory", "redis"], default=None,
+                    help="llmux: the run's budget and free tier on the OpenAI provider, counted in "
+                         "memory (variant llmux-ledger) or leased from a redis-server (llmux-redis)")
     pr.add_argument("--top", type=int, default=30)
     pr.add_argument("--threshold", type=float, default=99.0)
     pr.add_argument("--llmux-bin", default=str(ROOT / "target/release/llmux"))
