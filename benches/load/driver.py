@@ -869,15 +869,18 @@ def main_run(a):
             bench.point(port, p.pid, ns, 64, seconds=1)
         raw = {}
         for rep in range(a.repeats):
+            # Every other repeat runs the targets in reverse, so a drift over a repeat (the
+            # mock's or the machine's) does not always fall on the same side of a pair.
+            order = combos if rep % 2 == 0 else combos[::-1]
             for c in a.concurrency:
-                for name, key, ns, _ in combos:
+                for name, key, ns, _ in order:
                     p, port = procs[name]
                     pt = bench.point(port, p.pid, ns, c)
                     raw.setdefault((name, key, c), []).append(pt)
                     flag = f"  ERRORS {pt['errors']}" if sum(pt["errors"].values()) else ""
                     log(f"  [{rep + 1}/{a.repeats}] {name:<10} {key:<9} c={c:<3} {pt['rps']:8.0f} req/s  "
                         f"p50 {pt['p50_ms']:.3f}  p99 {pt['p99_ms']:.3f} ms  cpu {fmt(pt['cpu_ms_per_req'], 4)} ms/req{flag}")
-            for name, key, _, st in combos:
+            for name, key, _, st in order:
                 if st is None:
                     continue
                 p, port = procs[name]
@@ -1077,7 +1080,7 @@ def render(res):
       f"wrk -t1, {s['duration_s']} s per point; streams: sequential client, {s['stream_seconds']} s per path, "
       f"mock --chunk-delay-ms {s['mock_chunk_delay_ms']}. floor and nginx only pass OpenAI through, so every "
       f"llmux path is compared with their OpenAI→OpenAI numbers. Each point ran {s.get('repeats', 1)}× interleaved "
-      f"across targets; the repeat with the highest req/s is shown (least disturbed by other load), and "
+      f"across targets (every other repeat in reverse order); the repeat with the highest req/s is shown (least disturbed by other load), and "
       f"\"paired\" is the median over repeats of llmux's run divided by the floor's run of the same repeat; "
       f"from three repeats up the targets are judged on it. At c=1 req/s is bound by wake-up latency, not CPU: "
       f"read it with the p50 columns.  ")
