@@ -89,13 +89,71 @@ impl Health {
 /// Probes in a row that flip the health verdict (avoids flapping on one lost probe).
 const PROBES_TO_FLIP: u32 = 2;
 
+/// Time slots the failure-rate window is counted in.
+const RATE_SLOTS: usize = 30;
+
+/// Outcomes in the breaker's failure-rate window, counted per time slot (a thirtieth of the
+/// window). Its size and the cost of a failure-rate check stay the same at any request
+/// rate: a sample per outcome held a window of traffic (16 bytes a request, 30+ MiB at
+/// 35k req/s with the 30 s window) and every failure scanned all of it. The window's edge
+/// moves a slot at a time: it covers the last 29 to 30 slots.
+#[derive(Debug, Clone, Default)]
+struct RateWindow {
+    slots: [RateSlot; RATE_SLOTS],
+}
+
+/// One slot of a [`RateWindow`]: its number (time ÷ slot length) and what it counted.
+#[derive(Debug, Clone, Copy, Default)]
+struct RateSlot {
+    slot: u64,
+    outcomes: u32,
+    failures: u32,
+}
+
+impl RateWindow {
+    fn slot_ms(window: Duration) -> u64 {
+        (window.as_millis() as u64 / RATE_SLOTS as u64).max(1)
+    }
+
+    /// Counts one outcome at `now` (ms, `now_ms` clock).
+    fn record(&mut self, now: u64, window: Duration, failed: bool) {
+        let slot = now / Self::slot_ms(window);
+        let s = &mut self.slots[(slot % RATE_SLOTS as u64) as usize];
+        if s.slot != slot {
+            // The slot last counted a window ago (or never): start it afresh.
+            *s = RateSlot {
+                slot,
+                outcomes: 0,
+                failures: 0,
+            };
+        }
+        s.outcomes = s.outcomes.saturating_add(1);
+        s.failures = s.failures.saturating_add(u32::from(failed));
+    }
+
+    /// (outcomes, failures) in the slots the window still covers at `now`.
+    fn totals(&self, now: u64, window: Duration) -> (u64, u64) {
+        let current = now / Self::slot_ms(window);
+        self.slots
+            .iter()
+            .filter(|s| s.outcomes > 0 && s.slot <= current && current - s.slot < RATE_SLOTS as u64)
+            .fold((0, 0), |(n, f), s| {
+                (n + u64::from(s.outcomes), f + u64::from(s.failures))
+            })
+    }
+
+    fn clear(&mut self) {
+        *self = RateWindow::default();
+    }
+}
+
 #[derive(Debug)]
 struct BreakerInner {
     consecutive_failures: u32,
     trips: u32,
     trials_in_flight: u32,
-    /// (outcome time ms, failed) in the rate window.
-    window: std::collections::VecDeque<(u64, bool)>,
+    /// Outcomes in the failure-rate window.
+    window: RateWindow,
     probe_ok_streak: u32,
     probe_fail_streak: u32,
 }
@@ -268,15 +326,8 @@ impl Endpoint {
     /// window is empty).
     pub fn recent_error_rate(&self) -> Option<f64> {
         let inner = self.inner.lock().ok()?;
-        let horizon = now_ms().saturating_sub(self.policy.window.as_millis() as u64);
-        let recent: Vec<bool> = inner
-            .window
-            .iter()
-            .filter(|(t, _)| *t >= horizon)
-            .map(|(_, f)| *f)
-            .collect();
-        (!recent.is_empty())
-            .then(|| recent.iter().filter(|f| **f).count() as f64 / recent.len() as f64)
+        let (outcomes, failures) = inner.window.totals(now_ms(), self.policy.window);
+        (outcomes > 0).then(|| failures as f64 / outcomes as f64)
     }
 
     /// Takes the endpoint out of rotation (true) or puts it back (false).
@@ -353,11 +404,9 @@ impl Endpoint {
         }
         let now = now_ms();
         if outcome != Outcome::Neutral {
-            inner.window.push_back((now, outcome == Outcome::Failure));
-        }
-        let horizon = now.saturating_sub(self.policy.window.as_millis() as u64);
-        while inner.window.front().is_some_and(|(t, _)| *t < horizon) {
-            inner.window.pop_front();
+            inner
+                .window
+                .record(now, self.policy.window, outcome == Outcome::Failure);
         }
         match outcome {
             Outcome::Neutral => {}
@@ -376,9 +425,9 @@ impl Endpoint {
             }
             Outcome::Failure => {
                 inner.consecutive_failures += 1;
-                let failed = inner.window.iter().filter(|(_, f)| *f).count();
-                let rate_trip = inner.window.len() >= self.policy.min_requests as usize
-                    && failed as f64 >= self.policy.failure_rate * inner.window.len() as f64;
+                let (outcomes, failed) = inner.window.totals(now, self.policy.window);
+                let rate_trip = outcomes >= u64::from(self.policy.min_requests)
+                    && failed as f64 >= self.policy.failure_rate * outcomes as f64;
                 let closed = self.state.load(Ordering::Acquire) == BreakerState::Closed as u8;
                 if !closed
                     || inner.consecutive_failures >= self.policy.failure_threshold
@@ -653,6 +702,53 @@ mod tests {
             };
             e.record(Permit::Normal, outcome, None);
         }
+        assert_eq!(e.breaker_state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn rate_window_counts_the_last_window_of_outcomes_only() {
+        let window = Duration::from_millis(300); // 30 slots of 10 ms
+        let mut w = RateWindow::default();
+        for _ in 0..10 {
+            w.record(5, window, true);
+        }
+        for _ in 0..10 {
+            w.record(150, window, false);
+        }
+        assert_eq!(w.totals(200, window), (20, 10));
+        // 29 slots on, the first slot still counts; 30 on, it has left the window.
+        assert_eq!(w.totals(299, window), (20, 10));
+        assert_eq!(w.totals(300, window), (10, 0));
+        assert_eq!(w.totals(450, window), (0, 0));
+        // A slot reused a window later starts afresh instead of adding to the old count.
+        w.record(301, window, false);
+        assert_eq!(w.totals(301, window), (11, 0));
+        w.clear();
+        assert_eq!(w.totals(301, window), (0, 0));
+    }
+
+    #[test]
+    fn failure_rate_counts_every_outcome_at_any_volume() {
+        // 100,000 successes, then failures: the rate trip comes when failures reach half of
+        // all outcomes in the window, not at some sample cap.
+        let e = Endpoint::new(
+            "p",
+            "m",
+            None,
+            BreakerPolicy {
+                failure_threshold: u32::MAX,
+                ..policy(1000)
+            },
+        );
+        for _ in 0..100_000 {
+            e.record(Permit::Normal, Outcome::Success, None);
+        }
+        for _ in 0..99_999 {
+            e.record(Permit::Normal, Outcome::Failure, None);
+        }
+        assert_eq!(e.breaker_state(), BreakerState::Closed);
+        assert_eq!(e.recent_error_rate(), Some(99_999.0 / 199_999.0));
+        e.record(Permit::Normal, Outcome::Failure, None);
         assert_eq!(e.breaker_state(), BreakerState::Open);
     }
 

@@ -888,6 +888,21 @@ def main_run(a):
                 raw.setdefault((name, key, "stream"), []).append(s_)
                 log(f"  [{rep + 1}/{a.repeats}] {name:<10} {key:<9} stream n={s_['n']} ttft p50 {fmt(s_['ttft_p50_ms'])} "
                     f"total p50 {fmt(s_['total_p50_ms'])} ms errors {s_['errors']}")
+        sustained = {}
+        if a.sustain_seconds > 0:
+            # Peak RSS must hold under sustained load, not only across 5 s points: state that
+            # fills over a window shows only when one run outlasts it (the breaker's 30 s
+            # failure-rate window once held a sample per request: 46 MiB at c=64).
+            for name in targets:
+                if name == "direct":
+                    continue
+                p, port = procs[name]
+                ns = next(ns for n, k, ns, _ in combos if n == name and k == "openai")
+                pt = bench.point(port, p.pid, ns, 64, seconds=a.sustain_seconds)
+                sustained[name] = {"seconds": a.sustain_seconds, "rps": pt["rps"],
+                                   "rss_after_kib": status_kib(p.pid, "VmRSS")}
+                log(f"  sustained {name:<10} c=64 {a.sustain_seconds} s {pt['rps']:8.0f} req/s  "
+                    f"RSS after {sustained[name]['rss_after_kib'] / 1024:.1f} MiB")
         for (name, key, c), runs in raw.items():
             group = results["targets"] if name in targets else results["variants"]
             group.setdefault(name, {"paths": {}})
@@ -900,6 +915,8 @@ def main_run(a):
             if name != "direct":
                 group = results["targets"] if name in targets else results["variants"]
                 group[name]["peak_rss_kib"] = status_kib(p.pid, "VmHWM")
+                if name in sustained:
+                    group[name]["sustained"] = sustained[name]
     finally:
         info["otlp_sink"] = otlp_counts(mock_port) if mock_port else None
         kids.stop_all()
@@ -1173,6 +1190,10 @@ def render(res):
     row("start-to-ready, median ms", lambda t: su.get(t, {}).get("ready_ms_median"))
     row("idle RSS, MiB", lambda t: T[t]["idle_rss_kib"] / 1024 if t in T else None)
     row("peak RSS (VmHWM), MiB", lambda t: T[t]["peak_rss_kib"] / 1024 if t in T else None)
+    sus = T.get("llmux", {}).get("sustained")
+    if sus:
+        row(f"RSS after {sus['seconds']} s at c=64, MiB",
+            lambda t: T[t]["sustained"]["rss_after_kib"] / 1024 if "sustained" in T.get(t, {}) else None)
     row("OS threads", lambda t: T[t]["threads"] if t in T else None, 0)
     if res["variants"]:
         names = {"llmux-warn": "llmux, RUST_LOG=warn (no access log)",
@@ -1300,6 +1321,9 @@ def main():
     r.add_argument("--duration", type=int, default=5, help="seconds per wrk point")
     r.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     r.add_argument("--stream-seconds", type=float, default=3.0)
+    r.add_argument("--sustain-seconds", type=int, default=40,
+                   help="after the points, one c=64 run this long per target (OpenAI path) before "
+                        "peak RSS is read; longer than the breaker's 30 s window (0: skip)")
     r.add_argument("--chunk-delay-ms", type=int, default=1)
     r.add_argument("--targets", default="direct,nginx,floor,llmux")
     r.add_argument("--ready-repeats", type=int, default=5)

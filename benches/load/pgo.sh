@@ -137,7 +137,7 @@ train() { # <run name> <targets> <llmux-bin> <floor-bin>
     taskset -c 1 python3 "$here/driver.py" run \
         --llmux-bin "$3" --floor-bin "$4" --mock-bin target/release/llmux \
         --targets "$2" --duration 2 --repeats 1 --skip-variants --stream-seconds 2 \
-        --ready-repeats 2 --out-dir "$pgo/train-$1" >"$pgo/train-$1.log" 2>&1 ||
+        --ready-repeats 2 --sustain-seconds 0 --out-dir "$pgo/train-$1" >"$pgo/train-$1.log" 2>&1 ||
         { echo "training $1 failed: $pgo/train-$1.log" >&2; exit 1; }
 }
 mkdir -p "$pgo/raw/llmux" "$pgo/raw/floor"
